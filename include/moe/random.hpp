@@ -8,9 +8,10 @@
 
 #include <cstdint>  // std::int64_t, std::uint64_t
 
-#include "moe/philox.hpp"  // moe::distribution, moe::draw, moe::philox_fill
-#include "moe/policy.hpp"  // moe::host_policy
-#include "moe/status.hpp"  // moe::status
+#include "moe/detail/macros.hpp"  // MOE_HOST_DEVICE
+#include "moe/philox.hpp"          // moe::distribution, moe::draw, moe::philox_fill, philox_stream
+#include "moe/policy.hpp"         // moe::host_policy
+#include "moe/status.hpp"         // moe::status
 
 namespace moe {
 
@@ -31,6 +32,27 @@ constexpr std::uint64_t words_used(distribution d, std::int64_t n) noexcept {
 }
 
 namespace detail {
+
+/// Draws per run: one Philox block's worth of words for uniform and Gumbel draws.
+inline constexpr std::int64_t random_draws_per_run = 4;
+
+/// Run `run` of a fill: draws [4 run, 4 run + 4) ∩ [0, n) through one philox_stream, so each
+/// Philox block is computed once for its words. The CUDA kernel gives each thread runs; the
+/// host tests run them in any order to check that the runs tile the tensor exactly.
+MOE_HOST_DEVICE void fill_random_run(distribution d, std::uint64_t seed, std::uint64_t offset,
+                                     float* out,  // [n]
+                                     std::int64_t n, std::int64_t run) {
+  std::int64_t const first = run * random_draws_per_run;
+  philox_stream stream(seed, offset + static_cast<std::uint64_t>(first) * words_per_draw(d));
+  for (std::int64_t k = 0; k < random_draws_per_run && first + k < n; ++k)
+    out[first + k] = stream.next(d);
+}
+
+/// Runs that cover n draws.
+MOE_HOST_DEVICE constexpr std::int64_t random_runs(std::int64_t n) noexcept {
+  return (n + random_draws_per_run - 1) / random_draws_per_run;
+}
+
 inline status check(random_args const& a) noexcept {
   if (a.n < 0)
     return status::error(errc::invalid_argument, "random_args.n: expected >= 0, got %lld",

@@ -11,8 +11,9 @@
 TEST_CASE("fill_random(cuda) == fill_random(host), bitwise, for every distribution") {
   for (moe::distribution d :
        {moe::distribution::uniform, moe::distribution::normal, moe::distribution::gumbel}) {
-    for (std::int64_t n : {std::int64_t{1}, std::int64_t{1000}, std::int64_t{1} << 20}) {
-      for (std::uint64_t offset : {std::uint64_t{0}, std::uint64_t{5}, (std::uint64_t{1} << 34) - 3}) {
+    for (std::int64_t n : {std::int64_t{1}, std::int64_t{1031}, std::int64_t{1} << 20}) {
+      for (std::uint64_t offset :
+           {std::uint64_t{0}, std::uint64_t{5}, std::uint64_t{6}, (std::uint64_t{1} << 34) - 3}) {
         moe::test::device_vector<float> dev(static_cast<std::size_t>(n));
         moe::random_args a{.dist = d, .seed = 0xdeadbeefcafef00dULL, .offset = offset,
                            .out = dev.data(), .n = n};

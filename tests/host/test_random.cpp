@@ -42,6 +42,26 @@ TEST_CASE("fill_random(host): consecutive fills with words_used offsets continue
   CHECK(std::memcmp(whole.data() + 20, second.data(), 44 * sizeof(float)) == 0);
 }
 
+TEST_CASE("fill_random: the kernel's runs tile the tensor exactly, in any order") {
+  // The CUDA kernel hands runs of detail::fill_random_run to threads in grid-stride order;
+  // here they run in reverse, over sizes and word offsets that are not multiples of four.
+  for (moe::distribution d :
+       {moe::distribution::uniform, moe::distribution::normal, moe::distribution::gumbel}) {
+    for (std::int64_t n : {0, 1, 3, 4, 5, 1031}) {
+      for (std::uint64_t offset : {std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{2},
+                                   std::uint64_t{3}, (std::uint64_t{1} << 33) - 1}) {
+        std::vector<float> want(static_cast<std::size_t>(n) + 1, -7.0f);
+        std::vector<float> got(static_cast<std::size_t>(n) + 1, -7.0f);  // +1: a guard element
+        moe::philox_fill(d, 77, offset, want.data(), n);
+        for (std::int64_t run = moe::detail::random_runs(n) - 1; run >= 0; --run)
+          moe::detail::fill_random_run(d, 77, offset, got.data(), n, run);
+        CHECK(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0);
+        CHECK(got.back() == -7.0f);
+      }
+    }
+  }
+}
+
 TEST_CASE("fill_random(host): bad arguments get a status naming them; n = 0 is a no-op") {
   float x = 0.0f;
   moe::status s = moe::fill_random(moe::host, {.out = &x, .n = -1});

@@ -14,7 +14,7 @@ inline status fill_random(cuda_policy policy, random_args const& a) noexcept {
   MOE_TRY(detail::check(a));
   if (a.n == 0) return {};
   constexpr unsigned block = 256;
-  unsigned const grid = backend::cuda::grid_for(a.n, block);
+  unsigned const grid = backend::cuda::grid_for(detail::random_runs(a.n), block);
   switch (a.dist) {
     case distribution::uniform:
       backend::cuda::fill_random_kernel<distribution::uniform>
