@@ -43,6 +43,12 @@ enum class normalization : std::uint8_t { none, renormalize };
 /// (DeepSpeed's random token selection).
 enum class drop_policy : std::uint8_t { position, probability, random_token };
 
+/// Which system's routing rules to reproduce exactly. native: this project's rules (exact
+/// integer capacity, weights renormalised over the K selected routes); deepspeed: DeepSpeed
+/// 0.19's top1gating / top2gating / topkgating (float32 capacity, weights renormalised over the
+/// routes that survived, its slot order and aux loss) — see docs/routing.md.
+enum class router_compat : std::uint8_t { native, deepspeed };
+
 /// The expert FFN's activation. swiglu and geglu are gated: W1 has 2F columns.
 enum class activation : std::uint8_t { identity, relu, gelu, gelu_tanh, silu, swiglu, geglu };
 
@@ -66,6 +72,7 @@ struct config {
   activation ffn_activation = activation::gelu;
   std::int32_t expert_groups = 1;            ///< G: group-limited routing (DeepSeek-V3); 1 = off
   std::int32_t topk_groups = 1;              ///< M: groups kept per token, 1 <= M <= G
+  router_compat compat = router_compat::native;
 
   friend constexpr bool operator==(config const&, config const&) = default;
 };
@@ -117,6 +124,10 @@ constexpr char const* to_string(activation a) noexcept {
   return "?";
 }
 
+constexpr char const* to_string(router_compat c) noexcept {
+  return c == router_compat::native ? "native" : "deepspeed";
+}
+
 /// Gated activations read 2F columns of W1.
 constexpr bool is_gated(activation a) noexcept {
   return a == activation::swiglu || a == activation::geglu;
@@ -147,7 +158,16 @@ constexpr bool is_gated(activation a) noexcept {
        "moe::config: topk_groups must be in [1, expert_groups]")                              \
   RULE((c).expert_groups < 1 ||                                                               \
            (c).top_k <= (c).topk_groups * ((c).experts / (c).expert_groups),                  \
-       "moe::config: top_k must be at most topk_groups * (experts / expert_groups)")
+       "moe::config: top_k must be at most topk_groups * (experts / expert_groups)")          \
+  RULE((c).compat != ::moe::router_compat::deepspeed ||                                       \
+           ((c).score == ::moe::score_function::softmax &&                                    \
+            (c).order == ::moe::topk_order::score_then_topk && (c).expert_groups == 1),       \
+       "moe::config: deepspeed routing needs softmax scores, score_then_topk and no expert groups") \
+  RULE((c).compat != ::moe::router_compat::deepspeed ||                                       \
+           (c).drop == ::moe::drop_policy::position ||                                        \
+           ((c).drop == ::moe::drop_policy::random_token && (c).top_k == 1) ||                \
+           ((c).drop == ::moe::drop_policy::probability && (c).top_k > 2),                    \
+       "moe::config: deepspeed drop policies are position, random_token (top-1) or probability (top-k, K > 2)")
 
 /// Compile-time check of a config: every broken rule fails with its sentence. Call it at the
 /// top of anything templated on a config; it returns true so it can sit in a requires-clause.
@@ -204,6 +224,7 @@ inline int describe(config const& c, char* out, std::size_t size) noexcept {
   if (c.ffn_activation != d.ffn_activation) put(" %s", to_string(c.ffn_activation));
   if (c.expert_groups != d.expert_groups || c.topk_groups != d.topk_groups)
     put(" groups=%d/%d", c.topk_groups, c.expert_groups);
+  if (c.compat != d.compat) put(" %s", to_string(c.compat));
   put("}");
   return static_cast<int>(used);
 }

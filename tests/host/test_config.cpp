@@ -83,6 +83,15 @@ TEST_CASE("config: validate names the broken rule") {
           c.expert_groups = 8;
           c.topk_groups = 1;
         }) == "moe::config: top_k must be at most topk_groups * (experts / expert_groups)");
+  CHECK(with([](moe::config& c) {
+          c.compat = moe::router_compat::deepspeed;
+          c.score = moe::score_function::sigmoid;
+        }) == "moe::config: deepspeed routing needs softmax scores, score_then_topk and no expert groups");
+  CHECK(with([](moe::config& c) {
+          c.compat = moe::router_compat::deepspeed;
+          c.drop = moe::drop_policy::random_token;  // K = 2: DeepSpeed has RTS for top-1 only
+        }) == "moe::config: deepspeed drop policies are position, random_token (top-1) or "
+              "probability (top-k, K > 2)");
 }
 
 TEST_CASE("config: edge configs that are valid") {
@@ -94,6 +103,12 @@ TEST_CASE("config: edge configs that are valid") {
                        .weight = moe::precision::fp64, .accum = moe::precision::fp64})
             .ok());
   CHECK(moe::validate({.experts = 256, .top_k = 8, .expert_groups = 8, .topk_groups = 4}).ok());
+  CHECK(moe::validate({.experts = 8, .top_k = 1, .drop = moe::drop_policy::random_token,
+                       .compat = moe::router_compat::deepspeed})
+            .ok());
+  CHECK(moe::validate({.experts = 8, .top_k = 4, .drop = moe::drop_policy::probability,
+                       .compat = moe::router_compat::deepspeed})
+            .ok());
 }
 
 TEST_CASE("config: describe prints E, K and only the non-default fields") {
@@ -104,6 +119,8 @@ TEST_CASE("config: describe prints E, K and only the non-default fields") {
   CHECK(describe({.experts = 256, .top_k = 8, .order = moe::topk_order::topk_then_score,
                   .drop = moe::drop_policy::random_token, .expert_groups = 8, .topk_groups = 4}) ==
         "{E=256 K=8 topk_then_score random_token groups=4/8}");
+  CHECK(describe({.experts = 8, .top_k = 2, .compat = moe::router_compat::deepspeed}) ==
+        "{E=8 K=2 deepspeed}");
   char tiny[8];
   CHECK(moe::describe(moe::configs::top2_fp32, tiny, sizeof tiny) == 7);
   CHECK(std::string(tiny) == "{E=8 K=");
