@@ -32,6 +32,47 @@ inline constexpr config fine_bf16{.experts = 64, .top_k = 8, .capacity_factor = 
                                   .score = score_function::sigmoid,
                                   .norm = normalization::renormalize,
                                   .ffn_activation = activation::swiglu};
+
+// ---- DeepSpeed router presets (router owner; docs/routing.md) --------------------------------
+// Configs whose route() reproduces DeepSpeed 0.19's gating functions exactly (TopKGate with
+// k = 1, 2, > 2). A {0, 1} factor is DeepSpeed's drop_tokens=False. DeepSpeed's own defaults are
+// cf = eval cf = 1.0, use_rts=True (top-1) and min_capacity=8 (set problem.min_capacity = 8;
+// moe::problem defaults to 4). `act` is the activation (and weight) precision of the layer;
+// DeepSpeed gates in fp32 whatever it is.
+
+/// The accumulation precision a layer of activation precision `act` uses.
+constexpr precision deepspeed_accum(precision act) {
+  return act == precision::fp64 ? precision::fp64 : precision::fp32;
+}
+
+/// top1gating; `rts` is use_rts (random token selection among an expert's overflow).
+constexpr config deepspeed_top1(std::int32_t experts, ratio cf = {1, 1}, ratio eval_cf = {1, 1},
+                                bool rts = true, precision act = precision::bf16) {
+  return {.experts = experts, .top_k = 1, .capacity_factor = cf, .eval_capacity_factor = eval_cf,
+          .act = act, .weight = act, .accum = deepspeed_accum(act),
+          .drop = rts ? drop_policy::random_token : drop_policy::position,
+          .compat = router_compat::deepspeed};
+}
+
+/// top2gating (its 2nd-expert sampling is router_options::sample_second, True in DeepSpeed).
+constexpr config deepspeed_top2(std::int32_t experts, ratio cf = {1, 1}, ratio eval_cf = {1, 1},
+                                precision act = precision::bf16) {
+  return {.experts = experts, .top_k = 2, .capacity_factor = cf, .eval_capacity_factor = eval_cf,
+          .act = act, .weight = act, .accum = deepspeed_accum(act),
+          .compat = router_compat::deepspeed};
+}
+
+/// topkgating for k > 2; `drop` is its drop_policy: probability ("probs", the default) or
+/// position ("position").
+constexpr config deepspeed_topk(std::int32_t experts, std::int32_t k, ratio cf = {1, 1},
+                                ratio eval_cf = {1, 1},
+                                drop_policy drop = drop_policy::probability,
+                                precision act = precision::bf16) {
+  return {.experts = experts, .top_k = k, .capacity_factor = cf, .eval_capacity_factor = eval_cf,
+          .act = act, .weight = act, .accum = deepspeed_accum(act), .drop = drop,
+          .compat = router_compat::deepspeed};
+}
+// ---- end of the DeepSpeed router presets -------------------------------------------------------
 }  // namespace configs
 
 /// The configs compiled into this project's tests, benchmarks and examples.
