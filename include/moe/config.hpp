@@ -225,7 +225,7 @@ inline int describe(config const& c, char* out, std::size_t size) noexcept {
   if (c.expert_groups != d.expert_groups || c.topk_groups != d.topk_groups)
     put(" groups=%d/%d", c.topk_groups, c.expert_groups);
   if (c.compat != d.compat) put(" %s", to_string(c.compat));
-  put("}");
+  put("%s", "}");
   return static_cast<int>(used);
 }
 
