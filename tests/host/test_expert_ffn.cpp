@@ -18,6 +18,8 @@
 // and rounding noise ≈ 1e-16 / η ≈ 1e-11, both far below the 1e-6 (1 + |∂L/∂θ|) asked for.
 #include <doctest/doctest.h>
 
+#include "tolerance.hpp"  // moe::test::unit_roundoff, underflow_floor
+
 #include <algorithm>    // std::max, std::min, std::fill, std::fill_n
 #include <cmath>        // std::abs, std::erf, std::exp, std::tanh, std::sqrt
 #include <cstdint>      // std::int64_t, std::uint64_t
@@ -49,17 +51,7 @@ constexpr activation all_activations[] = {
 constexpr ffn_recompute all_modes[] = {ffn_recompute::none, ffn_recompute::activation,
                                        ffn_recompute::fc1};
 
-template <class T>
-constexpr double unit_roundoff() {
-  if constexpr (std::is_same_v<T, double>)
-    return 0x1p-53;
-  else if constexpr (std::is_same_v<T, float>)
-    return 0x1p-24;
-  else if constexpr (std::is_same_v<T, moe::fp16>)
-    return 0x1p-11;
-  else
-    return 0x1p-8;  // bf16
-}
+using moe::test::unit_roundoff;
 
 std::uint64_t fresh_seed() {
   std::random_device rd;

@@ -24,6 +24,8 @@
 // rounded to their storage types, so the reference reads exactly what the op reads.
 #include <doctest/doctest.h>
 
+#include "tolerance.hpp"  // moe::test::unit_roundoff, underflow_floor
+
 #include <algorithm>    // std::max, std::min, std::copy_n
 #include <cmath>        // std::abs, std::erf, std::exp, std::tanh, std::sqrt
 #include <cstdint>      // std::int64_t, std::uint64_t
@@ -53,21 +55,8 @@ constexpr activation all_activations[] = {
     activation::identity, activation::relu,   activation::gelu, activation::gelu_tanh,
     activation::silu,     activation::swiglu, activation::geglu};
 
-template <class T>
-constexpr double unit_roundoff() {
-  if constexpr (std::is_same_v<T, double>)
-    return 0x1p-53;
-  else if constexpr (std::is_same_v<T, float>)
-    return 0x1p-24;
-  else if constexpr (std::is_same_v<T, moe::fp16>)
-    return 0x1p-11;
-  else
-    return 0x1p-8;  // bf16
-}
-template <class T>
-constexpr double underflow_floor() {
-  return std::is_same_v<T, moe::fp16> ? 0x1p-25 : 0.0;
-}
+using moe::test::unit_roundoff;
+using moe::test::underflow_floor;
 
 std::uint64_t fresh_seed() {
   std::random_device rd;

@@ -19,6 +19,8 @@
 // fp64 configs are checked at their own rounding level (a double reference could not do that).
 #include <doctest/doctest.h>
 
+#include "tolerance.hpp"  // moe::test::unit_roundoff, underflow_floor
+
 #include <algorithm>  // std::min, std::max
 #include <cfloat>     // LDBL_EPSILON
 #include <cmath>      // std::abs, std::ldexp, std::nan
@@ -51,21 +53,8 @@ constexpr moe::config with_experts = [] {
   return c;
 }();
 
-template <class T>
-constexpr double unit_roundoff() {
-  if constexpr (std::is_same_v<T, double>)
-    return 0x1p-53;
-  else if constexpr (std::is_same_v<T, float>)
-    return 0x1p-24;
-  else if constexpr (std::is_same_v<T, moe::fp16>)
-    return 0x1p-11;
-  else
-    return 0x1p-8;  // bf16
-}
-template <class T>
-constexpr double underflow_floor() {
-  return std::is_same_v<T, moe::fp16> ? 0x1p-25 : 0.0;
-}
+using moe::test::unit_roundoff;
+using moe::test::underflow_floor;
 constexpr long double reference_roundoff = LDBL_EPSILON / 2;
 
 std::uint64_t fresh_seed() {
