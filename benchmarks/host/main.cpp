@@ -490,4 +490,52 @@ BENCHMARK(BM_grouped_gemm<moe::configs::top2_bf16>)->Apply(grouped_gemm_shapes);
 BENCHMARK(BM_grouped_gemm<moe::configs::top2_bf16>)->Args({4, 1, 1024})->UseRealTime();
 // ---- end grouped GEMM ------------------------------------------------------------------------
 
+// ---- router (moe/router.hpp) ---------------------------------------------------------------------
+// route() on fp32 logits: tokens/s and bytes/s (logits and saved scores, [T, E] fp32 each, plus
+// expert/weight/slot [T, K]) against the copy roofline. Single-threaded host router.
+namespace {
+
+template <int E, int K>
+constexpr moe::config route_config{.experts = E, .top_k = K, .capacity_factor = {5, 4},
+                                   .act = moe::precision::fp32, .weight = moe::precision::fp32,
+                                   .norm = moe::normalization::renormalize};
+
+template <moe::config C>
+void BM_route(benchmark::State& state) {
+  std::int64_t const t = state.range(0);
+  auto const te = static_cast<std::size_t>(t * C.experts);
+  auto const tk = static_cast<std::size_t>(t * C.top_k);
+  std::vector<float> logits(te), scores(te), weight(tk);
+  std::vector<std::int32_t> expert(tk), slot(tk), counts(C.experts), kept(C.experts);
+  std::uint64_t seed = 5;
+  for (std::size_t i = 0; i < te; ++i) logits[i] = 4.0f * moe::normal(seed, 2 * i);
+  moe::route_stats stats{};
+  moe::problem const prob{.tokens = t, .hidden = 1, .ffn = 1};
+  moe::route_args const args{logits.data(), expert.data(), weight.data(), slot.data(),
+                             counts.data(),  kept.data(),   scores.data(), &stats};
+  for (auto _ : state) {
+    moe::status const s = moe::route<C>(moe::host, prob, moe::router_options{}, args);
+    if (!s.ok()) state.SkipWithError(s.message());
+    benchmark::DoNotOptimize(stats);
+  }
+  report(state, static_cast<double>(2 * te * sizeof(float) + tk * 12));
+  state.counters["tokens_per_second"] = benchmark::Counter(
+      static_cast<double>(t) * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+void route_sizes(benchmark::internal::Benchmark* b) {
+  for (int t : {4096, 16384, 65536}) b->Arg(t);
+  b->Unit(benchmark::kMillisecond);
+}
+
+}  // namespace
+
+BENCHMARK(BM_route<route_config<8, 1>>)->Apply(route_sizes);
+BENCHMARK(BM_route<route_config<8, 2>>)->Apply(route_sizes);
+BENCHMARK(BM_route<route_config<64, 2>>)->Apply(route_sizes);
+BENCHMARK(BM_route<route_config<64, 8>>)->Apply(route_sizes);
+BENCHMARK(BM_route<route_config<256, 8>>)->Apply(route_sizes);
+BENCHMARK(BM_route<route_config<8, 2>>)->Arg(1024);  // the smoke test's /1024$ row
+// ---- end router ----------------------------------------------------------------------------------
+
 BENCHMARK_MAIN();
