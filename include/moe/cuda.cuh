@@ -7,5 +7,6 @@
 #include "moe/cuda/permute.cuh"  // moe::permute, unpermute, combine_backward, permute_backward
 #include "moe/cuda/plan.cuh"     // moe::plan(cuda_policy, ...), plan_workspace_bytes
 #include "moe/cuda/random.cuh"   // moe::fill_random(cuda_policy, ...)
+#include "moe/cuda/router.cuh"   // moe::route(cuda_policy, ...), route_workspace_bytes
 #include "moe/cuda/runtime.cuh"  // cudaError_t -> moe::status, MOE_CUDA_TRY, device_count
 #include "moe/moe.hpp"           // the host API

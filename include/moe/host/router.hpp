@@ -36,6 +36,94 @@
 #include "moe/philox.hpp"             // moe::gumbel, moe::uniform
 #include "moe/router.hpp"             // the argument structs, detail::routing
 
+namespace moe::detail::routing {
+
+// ---- per-token steps shared with the CUDA kernel (moe/cuda/kernels/router.cuh) -------------
+// Each takes plain pointers to one token's values, so the host passes its stack rows and the
+// kernel passes shared-memory rows; the arithmetic, and so every bit, is the same.
+
+/// Group score of DeepSeek-V3 group-limited routing: add_rn of the two largest of the n keys
+/// key[0, n) (the key itself when n = 1), scanned in index order.
+MOE_HOST_DEVICE float group_top2_score(float const* key, std::int32_t n) {
+  float b1 = key[0];
+  float b2 = 0.0f;
+  bool have2 = false;
+  for (std::int32_t i = 1; i < n; ++i) {
+    float const v = key[i];
+    if (v > b1) {
+      b2 = b1;
+      b1 = v;
+    } else if (!have2 || v > b2) {
+      b2 = v;
+    }
+    have2 = true;
+  }
+  return have2 ? add_rn(b1, b2) : b1;
+}
+
+/// Gates a[k] of the K chosen experts, from their logits lk[k] and scores sk[k]: the softmax of
+/// the K logits (exp_det(l - max), sum in choice order, div_rn) when k_softmax
+/// (topk_then_score with softmax), else the scores themselves.
+MOE_HOST_DEVICE void native_gates(bool k_softmax, float const* lk, float const* sk,
+                                  std::int32_t K, float* a) {
+  if (k_softmax) {
+    float m = lk[0];
+    for (std::int32_t k = 1; k < K; ++k) m = lk[k] > m ? lk[k] : m;
+    float sum = 0.0f;
+    for (std::int32_t k = 0; k < K; ++k) {
+      a[k] = exp_det(sub_rn(lk[k], m));
+      sum = add_rn(sum, a[k]);
+    }
+    for (std::int32_t k = 0; k < K; ++k) a[k] = div_rn(a[k], sum);
+  } else {
+    for (std::int32_t k = 0; k < K; ++k) a[k] = sk[k];
+  }
+}
+
+/// Native (pre-drop) weights: renormalised over the K by div_rn(a_k, max(Σ a, FLT_MIN)) (sum in
+/// choice order) when renorm, then mul_rn by scale.
+MOE_HOST_DEVICE void native_weights(bool renorm, float const* a, std::int32_t K, float scale,
+                                    float* w) {
+  float den = 1.0f;
+  if (renorm) {
+    float sum = 0.0f;
+    for (std::int32_t k = 0; k < K; ++k) sum = add_rn(sum, a[k]);
+    den = sum > FLT_MIN ? sum : FLT_MIN;
+  }
+  for (std::int32_t k = 0; k < K; ++k) {
+    float const v = renorm ? div_rn(a[k], den) : a[k];
+    w[k] = mul_rn(v, scale);
+  }
+}
+
+/// Weights of one token after the drops. DeepSpeed (deepspeed = true): renormalised over the
+/// survivors (K > 1), dividing by max(sum, 2^-23), then scaled. Every dropped route gets 0.
+/// Returns the number of dropped routes.
+MOE_HOST_DEVICE std::int32_t weights_after_drops(bool deepspeed, std::int32_t const* sl,
+                                                 float const* g, std::int32_t K, float scale,
+                                                 float* w) {
+  if (deepspeed) {
+    float den = 1.0f;
+    if (K > 1) {
+      float sum = 0.0f;
+      for (std::int32_t k = 0; k < K; ++k)
+        if (sl[k] >= 0) sum = add_rn(sum, g[k]);
+      den = sum > 0x1p-23f ? sum : 0x1p-23f;
+    }
+    for (std::int32_t k = 0; k < K; ++k)
+      w[k] = sl[k] < 0 ? 0.0f : mul_rn(K > 1 ? div_rn(g[k], den) : g[k], scale);
+  }
+  std::int32_t dropped = 0;
+  for (std::int32_t k = 0; k < K; ++k)
+    if (sl[k] < 0) {
+      w[k] = 0.0f;
+      ++dropped;
+    }
+  return dropped;
+}
+
+}  // namespace moe::detail::routing
+
 namespace moe::backend::host {
 
 /// The routing fields of a config and the capacity factor in force, as run-time values: the
@@ -182,20 +270,7 @@ inline double select_native(route_shape const& sh, router_options const& o, rout
     float gs[max_experts];
     bool kept_group[max_experts];
     for (std::int32_t g = 0; g < sh.groups; ++g) {
-      float b1 = row.key[g * n];
-      float b2 = 0.0f;
-      bool have2 = false;
-      for (std::int32_t i = 1; i < n; ++i) {
-        float const v = row.key[g * n + i];
-        if (v > b1) {
-          b2 = b1;
-          b1 = v;
-        } else if (!have2 || v > b2) {
-          b2 = v;
-        }
-        have2 = true;
-      }
-      gs[g] = have2 ? add_rn(b1, b2) : b1;
+      gs[g] = routing::group_top2_score(row.key + g * n, n);
       kept_group[g] = false;
     }
     for (std::int32_t m = 0; m < sh.topk_groups; ++m) {
@@ -212,28 +287,15 @@ inline double select_native(route_shape const& sh, router_options const& o, rout
         noisy ? route_take(E, row.allowed, [&](std::int32_t e) { return add_rn(l[e], nz.g(t, e)); })
               : route_take(E, row.allowed, [&](std::int32_t e) { return row.key[e]; });
   }
-  if (sh.order == topk_order::topk_then_score && sh.score == score_function::softmax) {
-    float m = l[expert[0]];
-    for (std::int32_t k = 1; k < K; ++k) m = l[expert[k]] > m ? l[expert[k]] : m;
-    float sum = 0.0f;
-    for (std::int32_t k = 0; k < K; ++k) {
-      a[k] = routing::exp_det(sub_rn(l[expert[k]], m));
-      sum = add_rn(sum, a[k]);
-    }
-    for (std::int32_t k = 0; k < K; ++k) a[k] = div_rn(a[k], sum);
-  } else {
-    for (std::int32_t k = 0; k < K; ++k) a[k] = row.s[expert[k]];
-  }
-  float den = 1.0f;
-  if (sh.norm == normalization::renormalize) {
-    float sum = 0.0f;
-    for (std::int32_t k = 0; k < K; ++k) sum = add_rn(sum, a[k]);
-    den = sum > FLT_MIN ? sum : FLT_MIN;
-  }
+  float lk[max_top_k], sk[max_top_k];
   for (std::int32_t k = 0; k < K; ++k) {
-    float const v = sh.norm == normalization::renormalize ? div_rn(a[k], den) : a[k];
-    w[k] = mul_rn(v, o.weight_scale);
+    lk[k] = l[expert[k]];
+    sk[k] = row.s[expert[k]];
   }
+  routing::native_gates(
+      sh.order == topk_order::topk_then_score && sh.score == score_function::softmax, lk, sk, K,
+      a);
+  routing::native_weights(sh.norm == normalization::renormalize, a, K, o.weight_scale, w);
   return lse;
 }
 
@@ -434,22 +496,7 @@ inline status route_forward(route_shape const& sh, problem const& p, router_opti
     float* w = a.weight + t * K;
     std::int32_t const* sl = a.slot + t * K;
     float const* g = gate.get() + t * K;
-    if (sh.deepspeed) {
-      float den = 1.0f;
-      if (K > 1) {  // renormalise over the survivors, dividing by max(sum, fl32 eps)
-        float sum = 0.0f;
-        for (std::int32_t k = 0; k < K; ++k)
-          if (sl[k] >= 0) sum = add_rn(sum, g[k]);
-        den = sum > 0x1p-23f ? sum : 0x1p-23f;
-      }
-      for (std::int32_t k = 0; k < K; ++k)
-        w[k] = sl[k] < 0 ? 0.0f : mul_rn(K > 1 ? div_rn(g[k], den) : g[k], o.weight_scale);
-    }
-    for (std::int32_t k = 0; k < K; ++k)
-      if (sl[k] < 0) {
-        w[k] = 0.0f;
-        ++dropped;
-      }
+    dropped += routing::weights_after_drops(sh.deepspeed, sl, g, K, o.weight_scale, w);
   }
 
   // 6. Losses and statistics.

@@ -1,0 +1,279 @@
+// SPDX-License-Identifier: Apache-2.0
+// CUDA overload of route (see moe/router.hpp): the same argument checks as the host backend,
+// then, all on the policy's stream and without synchronising:
+//   1. counts, count1, the dropped counter ← 0 (cudaMemsetAsync);
+//   2. route_select_kernel: a warp per token — scores, bias, groups, noise, top-K, gates and
+//      native weights with the host's MOE_HOST_DEVICE arithmetic; counts by integer atomics;
+//   3. route_capacity_kernel: C (the largest count when dropless), bucket starts, kept, stats;
+//   4. route_sort_keys_kernel + CUB DeviceRadixSort (stable) by (expert, drop priority);
+//   5. route_mark_kernel: rank < C survives (DeepSpeed top-2: slot = rank); else a second
+//      stable sort by (expert, dropped) and route_number_kernel number survivors in token order;
+//   6. route_weights_kernel: weights after the drops, dropped routes counted;
+//   7. route_loss_partial_kernel, route_seq_loss_kernel (options.seq_len > 0) and
+//      route_loss_final_kernel: aux, z and sequence-level losses, in fixed orders.
+// Integer outputs and weights/scores are meant to equal the host backend's bit for bit; the
+// losses are double sums in another (fixed) order, equal to the host's within rounding.
+// Not implemented: the scan for non-finite logits and noise (a status naming (t, e) cannot
+// come back without synchronising; with non-finite inputs the outputs are unspecified, but
+// every chosen expert is a valid index, so nothing is written out of bounds).
+#pragma once
+
+#include <cstddef>  // std::size_t
+#include <cstdint>  // std::int32_t, std::int64_t, std::uint64_t, std::uintptr_t
+
+#include <cub/device/device_radix_sort.cuh>  // cub::DeviceRadixSort
+
+#include "moe/cuda/kernels/router.cuh"  // the kernels
+#include "moe/cuda/runtime.cuh"         // check_launch, grid_for, MOE_CUDA_TRY
+#include "moe/router.hpp"               // route_args, router_options, detail::routing
+
+namespace moe {
+
+namespace detail::routing {
+
+inline constexpr std::size_t cuda_ws_align = 256;
+
+constexpr std::size_t cuda_align_up(std::size_t n) noexcept {
+  return (n + cuda_ws_align - 1) / cuda_ws_align * cuda_ws_align;
+}
+
+constexpr int cuda_bits_for(std::int64_t n) noexcept {  // bits to hold values in [0, n)
+  int b = 1;
+  while ((std::int64_t{1} << b) < n) ++b;
+  return b;
+}
+
+/// The workspace of a CUDA route call, carved in this order.
+struct cuda_route_layout {
+  std::size_t gate = 0, scores = 0, lse = 0, rowsum = 0, count1 = 0, keys = 0, keys_out = 0,
+              vals = 0, vals_out = 0, keys2 = 0, keys2_out = 0, first = 0, cap = 0, dropped = 0,
+              partial = 0, zpart = 0, seqval = 0, temp = 0, temp_bytes = 0, total = 0;
+};
+
+template <config C>
+status cuda_route_layout_of(std::int64_t T, cuda_route_layout& L) noexcept {
+  constexpr std::int32_t E = C.experts;
+  constexpr std::int32_t K = C.top_k;
+  auto const R = static_cast<std::size_t>(T * K);
+  auto const Tz = static_cast<std::size_t>(T);
+  std::size_t const chunks =
+      static_cast<std::size_t>((T + backend::cuda::route_chunk_tokens - 1) /
+                               backend::cuda::route_chunk_tokens);
+  std::size_t at = 0;
+  auto take = [&at](std::size_t bytes) {
+    std::size_t const here = at;
+    at += cuda_align_up(bytes > 0 ? bytes : 1);
+    return here;
+  };
+  L.gate = take(R * sizeof(float));
+  L.scores = take(Tz * E * sizeof(float));
+  L.lse = take(Tz * sizeof(double));
+  L.rowsum = take(Tz * sizeof(double));
+  L.count1 = take(E * sizeof(std::int32_t));
+  L.keys = take(R * sizeof(std::uint64_t));
+  L.keys_out = take(R * sizeof(std::uint64_t));
+  L.vals = take(R * sizeof(std::int32_t));
+  L.vals_out = take(R * sizeof(std::int32_t));
+  L.keys2 = take(R * sizeof(std::uint32_t));
+  L.keys2_out = take(R * sizeof(std::uint32_t));
+  L.first = take((E + 1) * sizeof(std::int32_t));
+  L.cap = take(sizeof(std::int64_t));
+  L.dropped = take(sizeof(unsigned long long));
+  L.partial = take(chunks * E * sizeof(double));
+  L.zpart = take(chunks * sizeof(double));
+  L.seqval = take(Tz * sizeof(double));  // one per sequence: at most T
+  std::size_t s1 = 0, s2 = 0;
+  int const n = static_cast<int>(R);
+  MOE_TRY(backend::cuda::from_cuda(
+      cub::DeviceRadixSort::SortPairs(nullptr, s1, static_cast<std::uint64_t const*>(nullptr),
+                                      static_cast<std::uint64_t*>(nullptr),
+                                      static_cast<std::int32_t const*>(nullptr),
+                                      static_cast<std::int32_t*>(nullptr), n, 0,
+                                      32 + cuda_bits_for(E)),
+      "route: CUB DeviceRadixSort workspace query"));
+  MOE_TRY(backend::cuda::from_cuda(
+      cub::DeviceRadixSort::SortPairs(nullptr, s2, static_cast<std::uint32_t const*>(nullptr),
+                                      static_cast<std::uint32_t*>(nullptr),
+                                      static_cast<std::int32_t const*>(nullptr),
+                                      static_cast<std::int32_t*>(nullptr), n, 0,
+                                      1 + cuda_bits_for(E)),
+      "route: CUB DeviceRadixSort workspace query"));
+  L.temp_bytes = s1 > s2 ? s1 : s2;
+  L.temp = take(L.temp_bytes);
+  L.total = at;
+  return {};
+}
+
+/// What the CUDA route cannot do yet, as a status (ok when it can).
+template <config C>
+status cuda_route_can_implement(problem const& p, router_options const& o) noexcept {
+  if (o.seq_len > 0 && p.tokens / o.seq_len > 2147483647)
+    return status::error(errc::unsupported_config,
+                         "route(cuda): more than 2^31 - 1 sequences (seq_len = %lld)",
+                         static_cast<long long>(o.seq_len));
+  if (p.tokens > std::int64_t{256} * 65535)
+    return status::error(errc::unsupported_config,
+                         "route(cuda): T = %lld exceeds 256 * 65535 (grid of the loss kernel)",
+                         static_cast<long long>(p.tokens));
+  if (p.tokens * static_cast<std::int64_t>(C.top_k) > INT32_MAX)
+    return status::error(errc::unsupported_config,
+                         "route(cuda): T * K = %lld routes exceeds 2^31 - 1",
+                         static_cast<long long>(p.tokens * C.top_k));
+  return {};
+}
+
+}  // namespace detail::routing
+
+/// Bytes of device workspace route(cuda_on(stream, ws, bytes), ...) needs for p.tokens tokens;
+/// 0 when T is invalid or CUB cannot be queried (route then reports why).
+template <config C>
+std::size_t route_workspace_bytes(problem const& p) noexcept {
+  if (p.tokens < 0 || p.tokens * static_cast<std::int64_t>(C.top_k) > INT32_MAX) return 0;
+  detail::routing::cuda_route_layout L;
+  if (!detail::routing::cuda_route_layout_of<C>(p.tokens, L).ok()) return 0;
+  return L.total;
+}
+
+/// Routes T tokens on the device, enqueued on policy.stream, without synchronising. All
+/// pointers of `a` and `opt` are device memory (stats included). Workspace: route_workspace_bytes.
+template <config C>
+[[nodiscard]] status route(cuda_policy policy, problem const& p, router_options const& opt,
+                           route_args const& a) noexcept {
+  static_assert(check<C>());
+  using namespace backend::cuda;
+  constexpr std::int32_t E = C.experts;
+  constexpr std::int32_t K = C.top_k;
+  constexpr bool ds = C.compat == router_compat::deepspeed;
+  MOE_TRY(detail::routing::check<C>(p, opt, a));
+  MOE_TRY(detail::routing::cuda_route_can_implement<C>(p, opt));
+  detail::routing::cuda_route_layout L;
+  MOE_TRY(detail::routing::cuda_route_layout_of<C>(p.tokens, L));
+  if (policy.workspace_bytes < L.total || policy.workspace == nullptr)
+    return status::error(errc::workspace_too_small,
+                         "cuda_policy.workspace_bytes: route needs %zu bytes "
+                         "(route_workspace_bytes), got %zu",
+                         L.total, policy.workspace_bytes);
+  if (reinterpret_cast<std::uintptr_t>(policy.workspace) % detail::routing::cuda_ws_align != 0)
+    return status::error(errc::invalid_argument,
+                         "cuda_policy.workspace: expected %zu-byte alignment (cudaMalloc's)",
+                         detail::routing::cuda_ws_align);
+  cudaStream_t const stream = policy.stream;
+  char* const ws = static_cast<char*>(policy.workspace);
+  auto* const gate = reinterpret_cast<float*>(ws + L.gate);
+  auto* const scores = a.scores != nullptr ? a.scores : reinterpret_cast<float*>(ws + L.scores);
+  auto* const lse = reinterpret_cast<double*>(ws + L.lse);
+  auto* const rowsum = reinterpret_cast<double*>(ws + L.rowsum);
+  auto* const count1 = reinterpret_cast<std::int32_t*>(ws + L.count1);
+  auto* const keys = reinterpret_cast<std::uint64_t*>(ws + L.keys);
+  auto* const keys_out = reinterpret_cast<std::uint64_t*>(ws + L.keys_out);
+  auto* const vals = reinterpret_cast<std::int32_t*>(ws + L.vals);
+  auto* const vals_out = reinterpret_cast<std::int32_t*>(ws + L.vals_out);
+  auto* const keys2 = reinterpret_cast<std::uint32_t*>(ws + L.keys2);
+  auto* const keys2_out = reinterpret_cast<std::uint32_t*>(ws + L.keys2_out);
+  auto* const first = reinterpret_cast<std::int32_t*>(ws + L.first);
+  auto* const cap = reinterpret_cast<std::int64_t*>(ws + L.cap);
+  auto* const dropped = reinterpret_cast<unsigned long long*>(ws + L.dropped);
+  auto* const partial = reinterpret_cast<double*>(ws + L.partial);
+  auto* const zpart = reinterpret_cast<double*>(ws + L.zpart);
+  auto* const seqval = reinterpret_cast<double*>(ws + L.seqval);
+  void* const temp = ws + L.temp;
+
+  std::int64_t const T = p.tokens;
+  std::int64_t const R = T * K;
+  bool const dropless = is_dropless<C>(p);
+  std::int64_t const static_cap =
+      dropless ? 0
+      : ds ? detail::routing::deepspeed_capacity(T, E, active_capacity_factor<C>(p), K,
+                                                 p.min_capacity)
+           : capacity<C>(p);
+  // Noise in force (the host's route_noise_of).
+  bool const top1 = p.training && opt.gumbel_top1;
+  bool const second = ds ? opt.sample_second : p.training && opt.sample_second;
+  bool const rts = C.drop == drop_policy::random_token && (ds || p.training);
+
+  MOE_CUDA_TRY(cudaMemsetAsync(a.counts, 0, E * sizeof(std::int32_t), stream));
+  MOE_CUDA_TRY(cudaMemsetAsync(count1, 0, E * sizeof(std::int32_t), stream));
+  MOE_CUDA_TRY(cudaMemsetAsync(dropped, 0, sizeof(unsigned long long), stream));
+  if (T > 0) {
+    route_select_params sp;
+    sp.logits = a.logits;
+    sp.tokens = T;
+    sp.bias = opt.expert_bias;
+    sp.gumbel = opt.gumbel;
+    sp.seed = p.seed;
+    sp.offset = opt.noise_offset;
+    sp.top1 = top1;
+    sp.second = second;
+    sp.weight_scale = opt.weight_scale;
+    sp.expert = a.expert;
+    sp.weight = a.weight;
+    sp.gate = gate;
+    sp.scores = scores;
+    sp.lse = lse;
+    sp.rowsum = rowsum;
+    sp.counts = a.counts;
+    sp.count1 = count1;
+    constexpr int warps = route_select_warps<E>;
+    unsigned const grid = grid_for((T + warps - 1) / warps, 1);
+    route_select_kernel<E, K, C.expert_groups, C.topk_groups, route_flags_of<C>><<<grid, 32 * warps, 0, stream>>>(sp);
+    MOE_TRY(check_launch(stream, "route_select_kernel"));
+  }
+  route_capacity_kernel<><<<1, 1, 0, stream>>>(a.counts, E, T, K, dropless, static_cap, first, cap,
+                                             a.kept, a.stats);
+  MOE_TRY(check_launch(stream, "route_capacity_kernel"));
+  if (T == 0) return {};
+
+  // Drops and slots.
+  route_prio prio = route_prio::k_then_t;
+  if (C.drop == drop_policy::probability) prio = route_prio::gate;
+  if (rts) prio = route_prio::rts;
+  if (ds && K != 2 && C.drop == drop_policy::position) prio = route_prio::t;
+  bool const rank_slots = ds && K == 2;
+  constexpr unsigned block = 256;
+  unsigned const rgrid = grid_for(R, block);
+  std::uint64_t const rts_offset =
+      opt.noise_offset + static_cast<std::uint64_t>(T) * static_cast<std::uint64_t>(E);
+  route_sort_keys_kernel<><<<rgrid, block, 0, stream>>>(a.expert, gate, opt.rts_priority, p.seed,
+                                                      rts_offset, R, K, E, prio, keys, vals);
+  MOE_TRY(check_launch(stream, "route_sort_keys_kernel"));
+  std::size_t temp_bytes = L.temp_bytes;
+  int const n = static_cast<int>(R);
+  MOE_CUDA_TRY(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, keys_out, vals, vals_out, n,
+                                               0, 32 + detail::routing::cuda_bits_for(E), stream));
+  route_mark_kernel<><<<rgrid, block, 0, stream>>>(keys_out, vals_out, a.counts, first, cap, R,
+                                                 dropless, rank_slots, a.slot, keys2);
+  MOE_TRY(check_launch(stream, "route_mark_kernel"));
+  if (!rank_slots) {  // vals still holds 0, 1, ..., R-1: keys2 is in route order
+    temp_bytes = L.temp_bytes;
+    MOE_CUDA_TRY(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys2, keys2_out, vals,
+                                                 vals_out, n, 0,
+                                                 1 + detail::routing::cuda_bits_for(E), stream));
+    route_number_kernel<><<<rgrid, block, 0, stream>>>(keys2_out, vals_out, first, R, a.slot);
+    MOE_TRY(check_launch(stream, "route_number_kernel"));
+  }
+  route_weights_kernel<><<<grid_for(T, block), block, 0, stream>>>(a.slot, gate, T, K, ds,
+                                                                  opt.weight_scale, a.weight,
+                                                                  dropped);
+  MOE_TRY(check_launch(stream, "route_weights_kernel"));
+
+  // Losses.
+  std::int64_t const chunks = (T + route_chunk_tokens - 1) / route_chunk_tokens;
+  constexpr unsigned eblock = 128;
+  dim3 const lgrid((E + eblock - 1) / eblock, static_cast<unsigned>(chunks));
+  bool const sigmoid_norm = !ds && C.score == score_function::sigmoid;
+  route_loss_partial_kernel<><<<lgrid, eblock, 0, stream>>>(scores, rowsum, lse, T, E, sigmoid_norm,
+                                                          partial, zpart);
+  MOE_TRY(check_launch(stream, "route_loss_partial_kernel"));
+  std::int64_t const sequences = opt.seq_len > 0 ? T / opt.seq_len : 0;
+  if (sequences > 0) {
+    route_seq_loss_kernel<><<<static_cast<unsigned>(sequences), 256, 0, stream>>>(
+        scores, rowsum, a.expert, opt.seq_len, E, K, sigmoid_norm, seqval);
+    MOE_TRY(check_launch(stream, "route_seq_loss_kernel"));
+  }
+  route_loss_final_kernel<><<<1, 1024, 0, stream>>>(partial, zpart, a.counts, count1, dropped,
+                                                    chunks, T, E, K, ds && K == 2, seqval,
+                                                    sequences, a.stats);
+  return check_launch(stream, "route_loss_final_kernel");
+}
+
+}  // namespace moe

@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: Apache-2.0
+// route on the GPU against the host backend on random logits, for every drop policy, both
+// compat modes, groups, bias, sampled choices (Philox and injected noise) and E up to 512,
+// K up to 8: experts, slots, counts, kept, capacity, dropped and max load bitwise; weights and
+// scores bitwise too (the kernel runs the host's fp32 arithmetic); aux and z losses (double
+// sums in another fixed order, and the device's log), and the sequence-level loss, within
+// 1e-5 relative.
+#include <cmath>    // std::fabs, std::round
+#include <cstdint>  // std::int32_t, std::int64_t
+#include <cstring>  // std::memcmp
+#include <random>   // std::mt19937_64, std::normal_distribution
+#include <vector>   // std::vector
+
+#include "common.cuh"
+#include "moe/configs.hpp"
+#include "moe/cuda/router.cuh"
+
+namespace {
+
+constexpr auto f32 = moe::precision::fp32;
+
+struct case_opts {
+  std::int64_t tokens = 0;
+  bool training = true;
+  bool ties = false;      // logits on a coarse grid, so many ties
+  bool bias = false;      // expert_bias
+  bool top1 = false;      // gumbel_top1
+  bool second = false;    // sample_second
+  bool inject = false;    // caller's noise tensors instead of Philox
+  float weight_scale = 1.0f;
+  std::int32_t min_capacity = 4;
+  std::int64_t seq_len = 0;  // > 0: the sequence-level loss too
+};
+
+template <class T>
+std::size_t bit_mismatches(std::vector<T> const& a, std::vector<T> const& b) {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) n += std::memcmp(&a[i], &b[i], sizeof(T)) != 0;
+  return n;
+}
+
+bool rel_close(double a, double b, double rel) {
+  return std::fabs(a - b) <= rel * (std::fabs(b) > 1e-6 ? std::fabs(b) : 1e-6);
+}
+
+template <moe::config C>
+void compare_with_host(case_opts const& c, std::uint64_t seed) {
+  constexpr std::int32_t E = C.experts;
+  constexpr std::int32_t K = C.top_k;
+  std::int64_t const T = c.tokens;
+  auto const TE = static_cast<std::size_t>(T * E);
+  auto const TK = static_cast<std::size_t>(T * K);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::uniform_real_distribution<float> unif(0.0f, 1.0f);
+  std::vector<float> logits(TE), gumbel(TE), prio(TE), bias(static_cast<std::size_t>(E));
+  for (float& v : logits) v = c.ties ? std::round(normal(rng) * 2.0f) / 4.0f : normal(rng);
+  for (float& v : gumbel) v = -std::log(-std::log(unif(rng) * 0.999f + 0.0005f));
+  for (float& v : prio) v = c.ties ? std::round(unif(rng) * 8.0f) / 8.0f : unif(rng);
+  for (float& v : bias) v = normal(rng) * 0.01f;
+
+  moe::problem p;
+  p.tokens = T;
+  p.training = c.training;
+  p.min_capacity = c.min_capacity;
+  p.seed = seed ^ 0x9e3779b97f4a7c15ULL;
+  moe::router_options o;
+  o.weight_scale = c.weight_scale;
+  o.gumbel_top1 = c.top1;
+  o.sample_second = c.second;
+  o.noise_offset = 12345;
+  o.seq_len = c.seq_len;
+
+  // Host.
+  std::vector<std::int32_t> h_expert(TK), h_slot(TK), h_counts(E), h_kept(E);
+  std::vector<float> h_weight(TK), h_scores(TE);
+  moe::route_stats h_stats;
+  moe::router_options oh = o;
+  if (c.bias) oh.expert_bias = bias.data();
+  if (c.inject) {
+    oh.gumbel = gumbel.data();
+    oh.rts_priority = prio.data();
+  }
+  MOE_REQUIRE_OK(moe::route<C>(moe::host, p, oh,
+                               {.logits = logits.data(), .expert = h_expert.data(),
+                                .weight = h_weight.data(), .slot = h_slot.data(),
+                                .counts = h_counts.data(), .kept = h_kept.data(),
+                                .scores = h_scores.data(), .stats = &h_stats}));
+
+  // Device.
+  moe::test::device_vector<float> d_logits(TE), d_gumbel(TE), d_prio(TE), d_scores(TE),
+      d_bias(static_cast<std::size_t>(E)), d_weight(TK);
+  moe::test::device_vector<std::int32_t> d_expert(TK), d_slot(TK), d_counts(E), d_kept(E);
+  moe::test::device_vector<moe::route_stats> d_stats(1);
+  if (TE > 0) {
+    d_logits.upload(logits);
+    d_gumbel.upload(gumbel);
+    d_prio.upload(prio);
+  }
+  d_bias.upload(bias);
+  moe::router_options od = o;
+  if (c.bias) od.expert_bias = d_bias.data();
+  if (c.inject) {
+    od.gumbel = d_gumbel.data();
+    od.rts_priority = d_prio.data();
+  }
+  std::size_t const ws_bytes = moe::route_workspace_bytes<C>(p);
+  REQUIRE(ws_bytes > 0);
+  moe::test::device_vector<unsigned char> ws(ws_bytes);
+  MOE_REQUIRE_OK(moe::route<C>(moe::cuda_on(nullptr, ws.data(), ws_bytes), p, od,
+                               {.logits = d_logits.data(), .expert = d_expert.data(),
+                                .weight = d_weight.data(), .slot = d_slot.data(),
+                                .counts = d_counts.data(), .kept = d_kept.data(),
+                                .scores = d_scores.data(), .stats = d_stats.data()}));
+  MOE_REQUIRE_CUDA(cudaDeviceSynchronize());
+
+  INFO("E " << E << " K " << K << " T " << T << " training " << c.training << " ties " << c.ties
+            << " bias " << c.bias << " top1 " << c.top1 << " second " << c.second << " inject "
+            << c.inject);
+  CHECK(bit_mismatches(d_counts.download(), h_counts) == 0);
+  CHECK(bit_mismatches(d_kept.download(), h_kept) == 0);
+  if (T > 0) {
+    CHECK(bit_mismatches(d_expert.download(), h_expert) == 0);
+    CHECK(bit_mismatches(d_slot.download(), h_slot) == 0);
+    CHECK(bit_mismatches(d_weight.download(), h_weight) == 0);
+    CHECK(bit_mismatches(d_scores.download(), h_scores) == 0);
+  }
+  moe::route_stats const s = d_stats.download()[0];
+  CHECK(s.capacity == h_stats.capacity);
+  CHECK(s.routes == h_stats.routes);
+  CHECK(s.dropped == h_stats.dropped);
+  CHECK(s.max_load == h_stats.max_load);
+  CHECK(s.mean_load == h_stats.mean_load);
+  CHECK(rel_close(s.aux_loss, h_stats.aux_loss, 1e-5));
+  CHECK(rel_close(s.z_loss, h_stats.z_loss, 1e-5));
+  CHECK(rel_close(s.seq_aux_loss, h_stats.seq_aux_loss, 1e-5));
+}
+
+template <moe::config C>
+void sweep(std::uint64_t seed) {
+  constexpr bool is_ds = C.compat == moe::router_compat::deepspeed;
+  std::vector<case_opts> cases;
+  for (std::int64_t T : {std::int64_t{0}, std::int64_t{1}, std::int64_t{37}, std::int64_t{1000},
+                         std::int64_t{4133}})
+    for (bool training : {true, false})
+      for (bool ties : {false, true}) cases.push_back({.tokens = T, .training = training, .ties = ties});
+  case_opts n{.tokens = 777, .training = true, .ties = true};
+  n.weight_scale = 2.5f;
+  n.min_capacity = 0;
+  if (!is_ds) {
+    n.bias = true;
+    cases.push_back(n);
+    n.bias = false;
+  }
+  if (!is_ds || C.top_k == 1) {
+    n.top1 = true;
+    cases.push_back(n);
+    n.inject = true;
+    cases.push_back(n);
+    n.top1 = n.inject = false;
+  }
+  if (is_ds ? C.top_k == 2 : C.top_k >= 2) {
+    n.second = true;
+    cases.push_back(n);
+    n.inject = true;
+    cases.push_back(n);
+    n.training = false;
+    cases.push_back(n);
+  }
+  n = {.tokens = 2049, .training = true, .inject = true};  // injected RTS priorities
+  cases.push_back(n);
+  n = {.tokens = 1000, .training = true, .seq_len = 100};  // sequence-level loss
+  cases.push_back(n);
+  n = {.tokens = 777, .training = false, .ties = true, .seq_len = 1};
+  cases.push_back(n);
+  for (case_opts const& c : cases) compare_with_host<C>(c, seed++);
+}
+
+constexpr moe::config switch8{.experts = 8, .top_k = 1, .capacity_factor = {5, 4},
+                              .eval_capacity_factor = {2, 1}, .act = f32, .weight = f32};
+constexpr moe::config top2_pos{.experts = 8, .top_k = 2, .capacity_factor = {5, 4}, .act = f32,
+                               .weight = f32, .norm = moe::normalization::renormalize};
+constexpr moe::config top2_prob{.experts = 8, .top_k = 2, .capacity_factor = {1, 1},
+                                .norm = moe::normalization::renormalize,
+                                .drop = moe::drop_policy::probability};
+constexpr moe::config top2_rts{.experts = 8, .top_k = 2, .capacity_factor = {1, 1},
+                               .eval_capacity_factor = {1, 1},
+                               .drop = moe::drop_policy::random_token};
+constexpr moe::config mixtral{.experts = 8, .top_k = 2, .capacity_factor = {0, 1},
+                              .eval_capacity_factor = {0, 1},
+                              .order = moe::topk_order::topk_then_score};
+constexpr moe::config dsv3{.experts = 64, .top_k = 8, .capacity_factor = {0, 1},
+                           .eval_capacity_factor = {0, 1},
+                           .score = moe::score_function::sigmoid,
+                           .norm = moe::normalization::renormalize, .expert_groups = 8,
+                           .topk_groups = 4};
+constexpr moe::config sig_topk_prob{.experts = 16, .top_k = 4, .capacity_factor = {1, 2},
+                                    .score = moe::score_function::sigmoid,
+                                    .order = moe::topk_order::topk_then_score,
+                                    .norm = moe::normalization::renormalize,
+                                    .drop = moe::drop_policy::probability};
+constexpr moe::config groups_of_one{.experts = 8, .top_k = 2, .capacity_factor = {3, 2},
+                                    .expert_groups = 8, .topk_groups = 3};
+constexpr moe::config e512_k8{.experts = 512, .top_k = 8, .capacity_factor = {5, 4},
+                              .norm = moe::normalization::renormalize, .expert_groups = 16,
+                              .topk_groups = 4};
+constexpr moe::config e512_k1_prob{.experts = 512, .top_k = 1, .capacity_factor = {2, 1},
+                                   .drop = moe::drop_policy::probability};
+constexpr moe::config e160_k6_rts{.experts = 160, .top_k = 6, .capacity_factor = {1, 1},
+                                  .score = moe::score_function::sigmoid,
+                                  .drop = moe::drop_policy::random_token};
+namespace presets = moe::configs;
+constexpr moe::config ds_top1 = presets::deepspeed_top1(8, {5, 4}, {2, 1}, false);
+constexpr moe::config ds_top1_rts = presets::deepspeed_top1(8, {1, 1}, {1, 1}, true, f32);
+constexpr moe::config ds_top1_dropless = presets::deepspeed_top1(8, {0, 1}, {1, 1}, false);
+constexpr moe::config ds_top2 = presets::deepspeed_top2(8, {1, 1}, {3, 4});
+constexpr moe::config ds_top2_e3 = presets::deepspeed_top2(3, {1, 2});
+constexpr moe::config ds_topk_probs = presets::deepspeed_topk(16, 4);
+constexpr moe::config ds_topk_pos =
+    presets::deepspeed_topk(64, 8, {1, 1}, {1, 1}, moe::drop_policy::position, f32);
+
+}  // namespace
+
+TEST_CASE("route(cuda) == route(host): native configs") {
+  if (moe::backend::cuda::device_count() == 0) return;
+  sweep<switch8>(100);
+  sweep<top2_pos>(200);
+  sweep<top2_prob>(300);
+  sweep<top2_rts>(400);
+  sweep<mixtral>(500);
+  sweep<dsv3>(600);
+  sweep<sig_topk_prob>(700);
+  sweep<groups_of_one>(800);
+  sweep<e512_k8>(900);
+  sweep<e512_k1_prob>(1000);
+  sweep<e160_k6_rts>(1100);
+}
+
+TEST_CASE("route(cuda) == route(host): deepspeed configs") {
+  if (moe::backend::cuda::device_count() == 0) return;
+  sweep<ds_top1>(2100);
+  sweep<ds_top1_rts>(2200);
+  sweep<ds_top1_dropless>(2300);
+  sweep<ds_top2>(2400);
+  sweep<ds_top2_e3>(2500);
+  sweep<ds_topk_probs>(2600);
+  sweep<ds_topk_pos>(2700);
+}
+
+TEST_CASE("route(cuda): the issue's worked DeepSpeed top-2 example") {
+  if (moe::backend::cuda::device_count() == 0) return;
+  constexpr moe::config c = presets::deepspeed_top2(3, {1, 2});  // E = 3, K = 2, cf = 0.5
+  std::vector<float> const logits{3, 2, 0, 3, 0, 2, 2, 3, 0, 3, 2, 0, 0, 3, 2, 3, 0, 2};
+  moe::problem p;
+  p.tokens = 6;
+  p.min_capacity = 0;
+  moe::test::device_vector<float> l(18), w(12);
+  moe::test::device_vector<std::int32_t> e(12), s(12), counts(3), kept(3);
+  moe::test::device_vector<moe::route_stats> st(1);
+  l.upload(logits);
+  std::size_t const bytes = moe::route_workspace_bytes<c>(p);
+  moe::test::device_vector<unsigned char> ws(bytes);
+  MOE_REQUIRE_OK(moe::route<c>(moe::cuda_on(nullptr, ws.data(), bytes), p, {},
+                               {.logits = l.data(), .expert = e.data(), .weight = w.data(),
+                                .slot = s.data(), .counts = counts.data(), .kept = kept.data(),
+                                .stats = st.data()}));
+  MOE_REQUIRE_CUDA(cudaDeviceSynchronize());
+  CHECK(e.download() == std::vector<std::int32_t>{0, 1, 0, 2, 1, 0, 0, 1, 1, 2, 0, 2});
+  CHECK(s.download() == std::vector<std::int32_t>{0, -1, 1, 0, 0, -1, -1, -1, 1, 1, -1, -1});
+  CHECK(st.download()[0].capacity == 2);
+}
+
+TEST_CASE("route(cuda): unsupported sizes and bad arguments come back as a status") {
+  moe::problem p;
+  p.tokens = std::int64_t{256} * 65535 + 1;  // beyond the loss kernel's grid
+  moe::router_options o;
+  float dummy = 0.0f;
+  std::int32_t idummy = 0;
+  moe::route_stats st;
+  moe::route_args const a{.logits = &dummy, .expert = &idummy, .weight = &dummy, .slot = &idummy,
+                          .counts = &idummy, .kept = &idummy, .stats = &st};
+  CHECK(moe::route<switch8>(moe::cuda_on(nullptr), p, o, a).code() ==
+        moe::errc::unsupported_config);
+  p.tokens = 4;
+  CHECK(moe::route<switch8>(moe::cuda_on(nullptr), p, {}, {}).code() ==
+        moe::errc::invalid_argument);
+  if (moe::backend::cuda::device_count() == 0) return;  // the workspace query asks CUB
+  CHECK(moe::route<switch8>(moe::cuda_on(nullptr), p, {}, a).code() ==
+        moe::errc::workspace_too_small);
+}
