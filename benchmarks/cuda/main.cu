@@ -388,4 +388,104 @@ BENCHMARK(BM_dense_dispatch)->Arg(1024)->Arg(4096)->Arg(16384)->UseManualTime();
 BENCHMARK(BM_plan_permute_dispatch)->Arg(1024)->Arg(4096)->Arg(16384)->UseManualTime();
 // ---- end token dispatch ------------------------------------------------------------------------
 
+// ---- router (moe/cuda/router.cuh) --------------------------------------------------------------
+// route(cuda) forward on T tokens of N(0, 1) logits drawn on the device, for native softmax
+// top-K configs renormalised over the K, with capacity factor 5/4 (position drops), so the
+// whole pipeline runs: select, capacity, both radix sorts, numbering, weights and losses. The
+// workspace is allocated once, outside the timed loop. Bytes per call: the logits read and the
+// scores written ([T, E] fp32 each) plus expert, weight and slot ([T, K], 12 bytes a route);
+// reported as bytes/s, tokens/s and as a fraction of the d2d copy bandwidth. Args: T.
+#include "moe/cuda/router.cuh"  // moe::route (CUDA overload), route_workspace_bytes
+
+namespace {
+
+template <std::int32_t E, std::int32_t K>
+constexpr moe::config route_bench_config{.experts = E,
+                                         .top_k = K,
+                                         .capacity_factor = {5, 4},
+                                         .eval_capacity_factor = {5, 4},
+                                         .score = moe::score_function::softmax,
+                                         .norm = moe::normalization::renormalize};
+constexpr moe::config route_e8_k1 = route_bench_config<8, 1>;
+constexpr moe::config route_e8_k2 = route_bench_config<8, 2>;
+constexpr moe::config route_e64_k2 = route_bench_config<64, 2>;
+constexpr moe::config route_e64_k8 = route_bench_config<64, 8>;
+constexpr moe::config route_e256_k8 = route_bench_config<256, 8>;
+
+template <moe::config C>
+void BM_route_cuda(benchmark::State& state) {
+  if (!have_device(state)) return;
+  constexpr std::int32_t E = C.experts;
+  constexpr std::int32_t K = C.top_k;
+  std::int64_t const T = state.range(0);
+  moe::problem p;
+  p.tokens = T;
+  p.training = true;
+  p.min_capacity = 0;
+  std::size_t const ws_bytes = moe::route_workspace_bytes<C>(p);
+  if (ws_bytes == 0) return state.SkipWithError("route_workspace_bytes failed");
+  float* const logits = device_tensor<float>(T * E);
+  float* const scores = device_tensor<float>(T * E);
+  float* const weight = device_tensor<float>(T * K);
+  auto* const expert = device_tensor<std::int32_t>(T * K);
+  auto* const slot = device_tensor<std::int32_t>(T * K);
+  auto* const counts = device_tensor<std::int32_t>(E);
+  auto* const kept = device_tensor<std::int32_t>(E);
+  auto* const stats = device_tensor<moe::route_stats>(1);
+  auto* const ws = device_tensor<unsigned char>(static_cast<std::int64_t>(ws_bytes));
+  bool const ok = logits != nullptr && scores != nullptr && weight != nullptr &&
+                  expert != nullptr && slot != nullptr && counts != nullptr && kept != nullptr &&
+                  stats != nullptr && ws != nullptr;
+  if (ok && moe::fill_random(moe::cuda_on(nullptr), {.dist = moe::distribution::normal,
+                                                     .seed = 11,
+                                                     .out = logits,
+                                                     .n = T * E})
+                .ok()) {
+    moe::route_args const a{.logits = logits,
+                            .expert = expert,
+                            .weight = weight,
+                            .slot = slot,
+                            .counts = counts,
+                            .kept = kept,
+                            .scores = scores,
+                            .stats = stats};
+    moe::cuda_policy const pol = moe::cuda_on(nullptr, ws, ws_bytes);
+    if (moe::route<C>(pol, p, {}, a).ok()) {
+      double const bytes = 2.0 * static_cast<double>(T * E) * sizeof(float) +
+                           static_cast<double>(T * K) * 12.0;
+      time_on_device(state, bytes, [&] { (void)moe::route<C>(pol, p, {}, a); });
+      roofline(state, bytes);
+      state.counters["tokens_per_second"] = benchmark::Counter(
+          static_cast<double>(T * state.iterations()), benchmark::Counter::kIsRate);
+    } else {
+      state.SkipWithError("route failed");
+    }
+  } else {
+    state.SkipWithError(ok ? "fill_random failed" : "out of device memory");
+  }
+  cudaFree(logits);
+  cudaFree(scores);
+  cudaFree(weight);
+  cudaFree(expert);
+  cudaFree(slot);
+  cudaFree(counts);
+  cudaFree(kept);
+  cudaFree(stats);
+  cudaFree(ws);
+}
+
+void route_tokens(benchmark::internal::Benchmark* b) {
+  for (std::int64_t T : {4096, 16384, 65536}) b->Arg(T);
+  b->UseManualTime();
+}
+
+}  // namespace
+
+BENCHMARK(BM_route_cuda<route_e8_k1>)->Apply(route_tokens);
+BENCHMARK(BM_route_cuda<route_e8_k2>)->Apply(route_tokens);
+BENCHMARK(BM_route_cuda<route_e64_k2>)->Apply(route_tokens);
+BENCHMARK(BM_route_cuda<route_e64_k8>)->Apply(route_tokens);
+BENCHMARK(BM_route_cuda<route_e256_k8>)->Apply(route_tokens);
+// ---- end router --------------------------------------------------------------------------------
+
 BENCHMARK_MAIN();

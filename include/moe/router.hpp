@@ -85,6 +85,14 @@ struct route_args {
   float* scores = nullptr;         ///< [T, E] out, optional (may be null): softmax or sigmoid
                                    ///< over all E experts (what the balance losses average)
   route_stats* stats = nullptr;    ///< [1] out
+  /// [1] out, optional (may be null): the lowest flat index t·E + e of a non-finite logit, or
+  /// -1 if every logit is finite. The CUDA backend cannot return that as a status without
+  /// synchronising, so it writes it here (device memory; read it back when convenient); the
+  /// host backend writes it too and also returns the status naming (t, e). Encoding (as
+  /// plan_args::bad_route): the CUDA backend sets the word to all ones (-1) and lowers it with
+  /// an unsigned atomicMin, so -1 (the largest unsigned value) means none. With a non-finite
+  /// logit the other outputs are unspecified, but nothing is written out of bounds.
+  std::int64_t* bad_logit = nullptr;
 };
 
 /// Arguments of route_backward: d_logits from the gradient of the weights and the losses
@@ -297,6 +305,7 @@ status check(problem const& p, router_options const& o, route_args const& a) noe
   MOE_TRY(check_ptr(a.kept, true, "route_args.kept"));
   MOE_TRY(check_ptr(a.scores, false, "route_args.scores"));
   MOE_TRY(check_ptr(a.stats, true, "route_args.stats"));
+  MOE_TRY(check_ptr(a.bad_logit, false, "route_args.bad_logit"));
   return {};
 }
 

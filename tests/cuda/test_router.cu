@@ -75,6 +75,7 @@ void compare_with_host(case_opts const& c, std::uint64_t seed) {
   std::vector<std::int32_t> h_expert(TK), h_slot(TK), h_counts(E), h_kept(E);
   std::vector<float> h_weight(TK), h_scores(TE);
   moe::route_stats h_stats;
+  std::int64_t h_bad = -7;
   moe::router_options oh = o;
   if (c.bias) oh.expert_bias = bias.data();
   if (c.inject) {
@@ -85,13 +86,17 @@ void compare_with_host(case_opts const& c, std::uint64_t seed) {
                                {.logits = logits.data(), .expert = h_expert.data(),
                                 .weight = h_weight.data(), .slot = h_slot.data(),
                                 .counts = h_counts.data(), .kept = h_kept.data(),
-                                .scores = h_scores.data(), .stats = &h_stats}));
+                                .scores = h_scores.data(), .stats = &h_stats,
+                                .bad_logit = &h_bad}));
+  CHECK(h_bad == -1);
 
   // Device.
   moe::test::device_vector<float> d_logits(TE), d_gumbel(TE), d_prio(TE), d_scores(TE),
       d_bias(static_cast<std::size_t>(E)), d_weight(TK);
   moe::test::device_vector<std::int32_t> d_expert(TK), d_slot(TK), d_counts(E), d_kept(E);
   moe::test::device_vector<moe::route_stats> d_stats(1);
+  moe::test::device_vector<std::int64_t> d_bad(1);
+  d_bad.upload(std::vector<std::int64_t>{-7});
   if (TE > 0) {
     d_logits.upload(logits);
     d_gumbel.upload(gumbel);
@@ -111,7 +116,8 @@ void compare_with_host(case_opts const& c, std::uint64_t seed) {
                                {.logits = d_logits.data(), .expert = d_expert.data(),
                                 .weight = d_weight.data(), .slot = d_slot.data(),
                                 .counts = d_counts.data(), .kept = d_kept.data(),
-                                .scores = d_scores.data(), .stats = d_stats.data()}));
+                                .scores = d_scores.data(), .stats = d_stats.data(),
+                                .bad_logit = d_bad.data()}));
   MOE_REQUIRE_CUDA(cudaDeviceSynchronize());
 
   INFO("E " << E << " K " << K << " T " << T << " training " << c.training << " ties " << c.ties
@@ -119,6 +125,7 @@ void compare_with_host(case_opts const& c, std::uint64_t seed) {
             << c.inject);
   CHECK(bit_mismatches(d_counts.download(), h_counts) == 0);
   CHECK(bit_mismatches(d_kept.download(), h_kept) == 0);
+  CHECK(d_bad.download()[0] == h_bad);
   if (T > 0) {
     CHECK(bit_mismatches(d_expert.download(), h_expert) == 0);
     CHECK(bit_mismatches(d_slot.download(), h_slot) == 0);
@@ -245,6 +252,72 @@ TEST_CASE("route(cuda) == route(host): deepspeed configs") {
   sweep<ds_top2_e3>(2500);
   sweep<ds_topk_probs>(2600);
   sweep<ds_topk_pos>(2700);
+}
+
+/// Non-finite logits at `bad` (flat indices, values cycling NaN, +inf, -inf): the device's
+/// bad_logit equals the host's (the lowest index), and the outputs stay in bounds.
+template <moe::config C>
+void bad_logit_case(std::int64_t T, std::vector<std::int64_t> const& bad, std::uint64_t seed) {
+  constexpr std::int32_t E = C.experts;
+  constexpr std::int32_t K = C.top_k;
+  auto const TE = static_cast<std::size_t>(T * E);
+  auto const TK = static_cast<std::size_t>(T * K);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> logits(TE);
+  for (float& v : logits) v = normal(rng);
+  float const kinds[3] = {NAN, INFINITY, -INFINITY};
+  for (std::size_t i = 0; i < bad.size(); ++i)
+    logits[static_cast<std::size_t>(bad[i])] = kinds[i % 3];
+  moe::problem p;
+  p.tokens = T;
+  p.training = false;
+
+  std::vector<std::int32_t> h_expert(TK), h_slot(TK), h_counts(E), h_kept(E);
+  std::vector<float> h_weight(TK);
+  moe::route_stats h_stats;
+  std::int64_t h_bad = -7;
+  moe::status const hs = moe::route<C>(
+      moe::host, p, {},
+      {.logits = logits.data(), .expert = h_expert.data(), .weight = h_weight.data(),
+       .slot = h_slot.data(), .counts = h_counts.data(), .kept = h_kept.data(),
+       .stats = &h_stats, .bad_logit = &h_bad});
+  CHECK(hs.ok() == bad.empty());
+
+  moe::test::device_vector<float> d_logits(TE), d_weight(TK);
+  moe::test::device_vector<std::int32_t> d_expert(TK), d_slot(TK), d_counts(E), d_kept(E);
+  moe::test::device_vector<moe::route_stats> d_stats(1);
+  moe::test::device_vector<std::int64_t> d_bad(1);
+  d_logits.upload(logits);
+  d_bad.upload(std::vector<std::int64_t>{-7});
+  std::size_t const ws_bytes = moe::route_workspace_bytes<C>(p);
+  REQUIRE(ws_bytes > 0);
+  moe::test::device_vector<unsigned char> ws(ws_bytes);
+  MOE_REQUIRE_OK(moe::route<C>(moe::cuda_on(nullptr, ws.data(), ws_bytes), p, {},
+                               {.logits = d_logits.data(), .expert = d_expert.data(),
+                                .weight = d_weight.data(), .slot = d_slot.data(),
+                                .counts = d_counts.data(), .kept = d_kept.data(),
+                                .stats = d_stats.data(), .bad_logit = d_bad.data()}));
+  MOE_REQUIRE_CUDA(cudaDeviceSynchronize());
+  INFO("E " << E << " K " << K << " T " << T << " bad " << bad.size());
+  std::int64_t const d = d_bad.download()[0];
+  CHECK(d == h_bad);
+  std::int64_t want = -1;
+  for (std::int64_t i : bad) want = want < 0 || i < want ? i : want;
+  CHECK(d == want);
+  for (std::int32_t e : d_expert.download()) CHECK((e >= 0 && e < E));  // in bounds
+}
+
+TEST_CASE("route(cuda): bad_logit equals the host's for non-finite logits") {
+  if (moe::backend::cuda::device_count() == 0) return;
+  bad_logit_case<switch8>(1000, {}, 3100);
+  bad_logit_case<switch8>(1000, {3 * 8 + 6}, 3101);
+  bad_logit_case<top2_pos>(1000, {999 * 8 + 7, 500 * 8 + 3, 17 * 8 + 1, 17 * 8 + 0}, 3102);
+  bad_logit_case<top2_pos>(37, {0}, 3103);
+  bad_logit_case<dsv3>(4133, {4000 * 64 + 63, 4000 * 64 + 40, 2222 * 64 + 33}, 3104);
+  bad_logit_case<e512_k8>(777, {700 * 512 + 511, 300 * 512 + 200, 300 * 512 + 37}, 3105);
+  bad_logit_case<ds_top2>(1000, {999 * 8 + 1, 123 * 8 + 4}, 3106);
+  bad_logit_case<e160_k6_rts>(2049, {2048 * 160 + 159, 1500 * 160 + 130, 1500 * 160 + 129}, 3107);
 }
 
 TEST_CASE("route(cuda): the issue's worked DeepSpeed top-2 example") {

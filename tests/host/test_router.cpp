@@ -443,7 +443,8 @@ struct outputs {
   moe::route_stats stats;
   moe::route_args args() {
     return {nullptr,       expert.data(), weight.data(), slot.data(),
-            counts.data(), kept.data(),   scores.data(), &stats};
+            counts.data(), kept.data(),   scores.data(), &stats,
+            nullptr};
   }
   outputs(std::int64_t T, int E, int K)
       : expert(static_cast<std::size_t>(T * K), -7),
@@ -1118,6 +1119,63 @@ TEST_CASE("route(host): every bad input gets a status naming it") {
   u[30] = NAN;
   CHECK(ds_msg.operator()<rts1>({.rts_priority = u.data()}) ==
         "router_options.rts_priority[3, 6]: expected a finite value, got nan");
+}
+
+TEST_CASE("route(host): bad_logit holds the lowest non-finite logit's flat index, or -1") {
+  std::int64_t const T = 5;
+  constexpr std::int32_t E = 8;
+  std::vector<float> logits(T * E, 0.25f);
+  for (std::size_t i = 0; i < logits.size(); ++i) logits[i] = static_cast<float>(i % 7) * 0.5f;
+  outputs o(T, E, 2);
+  moe::problem const p{.tokens = T};
+  std::int64_t bad = -7;
+  moe::route_args a = o.args();
+  a.logits = logits.data();
+  a.bad_logit = &bad;
+  moe::status s = moe::route<top2_pos>(moe::host, p, {}, a);
+  REQUIRE_MESSAGE(s.ok(), s.message());
+  CHECK(bad == -1);
+  {  // the same results with and without bad_logit
+    outputs o2(T, E, 2);
+    moe::route_args a2 = o2.args();
+    a2.logits = logits.data();
+    REQUIRE(moe::route<top2_pos>(moe::host, p, {}, a2).ok());
+    CHECK(o2.expert == o.expert);
+    CHECK(o2.slot == o.slot);
+    CHECK(o2.weight == o.weight);
+  }
+
+  logits[3 * E + 6] = NAN;  // one bad value at (3, 6)
+  bad = -7;
+  s = moe::route<top2_pos>(moe::host, p, {}, a);
+  CHECK(s.code() == moe::errc::invalid_argument);
+  CHECK(std::string(s.message()) == "route_args.logits[3, 6]: expected a finite value, got nan");
+  CHECK(bad == 3 * E + 6);
+
+  logits[4 * E + 0] = -INFINITY;  // several: the lowest flat index wins, whatever the kind
+  logits[1 * E + 7] = INFINITY;
+  logits[3 * E + 2] = NAN;
+  bad = -7;
+  s = moe::route<top2_pos>(moe::host, p, {}, a);
+  CHECK(std::string(s.message()) == "route_args.logits[1, 7]: expected a finite value, got inf");
+  CHECK(bad == 1 * E + 7);
+
+  logits[0] = -INFINITY;  // flat index 0 is not confused with "none"
+  bad = -7;
+  CHECK(!moe::route<top2_pos>(moe::host, p, {}, a).ok());
+  CHECK(bad == 0);
+
+  bad = -7;  // T = 0: nothing to scan, -1
+  moe::route_args z = o.args();
+  z.bad_logit = &bad;
+  REQUIRE(moe::route<top2_pos>(moe::host, moe::problem{.tokens = 0}, {}, z).ok());
+  CHECK(bad == -1);
+
+  bad = -7;  // a rejected argument leaves bad_logit untouched
+  a.bad_logit = reinterpret_cast<std::int64_t*>(reinterpret_cast<char*>(&bad) + 1);
+  s = moe::route<top2_pos>(moe::host, p, {}, a);
+  CHECK(std::string(s.message()) == "route_args.bad_logit: expected 8-byte alignment");
+  CHECK(bad == -7);
 }
 
 TEST_CASE("route_backward(host): every bad input gets a status naming it") {

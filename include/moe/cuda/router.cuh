@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // CUDA overload of route (see moe/router.hpp): the same argument checks as the host backend,
 // then, all on the policy's stream and without synchronising:
-//   1. counts, count1, the dropped counter ← 0 (cudaMemsetAsync);
-//   2. route_select_kernel: a warp per token — scores, bias, groups, noise, top-K, gates and
-//      native weights with the host's MOE_HOST_DEVICE arithmetic; counts by integer atomics;
+//   1. counts, count1, the dropped counter ← 0, bad_logit ← -1 (cudaMemsetAsync);
+//   2. route_select_kernel: a warp per token — non-finite logits reported to bad_logit, scores,
+//      bias, groups, noise, top-K, gates and native weights with the host's MOE_HOST_DEVICE
+//      arithmetic; counts by integer atomics;
 //   3. route_capacity_kernel: C (the largest count when dropless), bucket starts, kept, stats;
 //   4. route_sort_keys_kernel + CUB DeviceRadixSort (stable) by (expert, drop priority);
 //   5. route_mark_kernel: rank < C survives (DeepSpeed top-2: slot = rank); else a second
@@ -13,9 +14,12 @@
 //      route_loss_final_kernel: aux, z and sequence-level losses, in fixed orders.
 // Integer outputs and weights/scores are meant to equal the host backend's bit for bit; the
 // losses are double sums in another (fixed) order, equal to the host's within rounding.
-// Not implemented: the scan for non-finite logits and noise (a status naming (t, e) cannot
-// come back without synchronising; with non-finite inputs the outputs are unspecified, but
-// every chosen expert is a valid index, so nothing is written out of bounds).
+// Non-finite logits cannot come back as a status without synchronising: bad_logit (when not
+// null) is set to -1 (all ones) by cudaMemsetAsync and route_select_kernel lowers it with an
+// unsigned atomicMin to the lowest flat index t·E + e of a non-finite logit, as the host
+// backend writes it. Not implemented: the scan of the noise tensors and expert_bias. With
+// non-finite inputs the outputs are unspecified, but every chosen expert is a valid index, so
+// nothing is written out of bounds.
 #pragma once
 
 #include <cstddef>  // std::size_t
@@ -194,6 +198,8 @@ template <config C>
   MOE_CUDA_TRY(cudaMemsetAsync(a.counts, 0, E * sizeof(std::int32_t), stream));
   MOE_CUDA_TRY(cudaMemsetAsync(count1, 0, E * sizeof(std::int32_t), stream));
   MOE_CUDA_TRY(cudaMemsetAsync(dropped, 0, sizeof(unsigned long long), stream));
+  if (a.bad_logit != nullptr)  // -1 as int64: no non-finite logit (yet)
+    MOE_CUDA_TRY(cudaMemsetAsync(a.bad_logit, 0xff, sizeof(std::int64_t), stream));
   if (T > 0) {
     route_select_params sp;
     sp.logits = a.logits;
@@ -213,6 +219,7 @@ template <config C>
     sp.rowsum = rowsum;
     sp.counts = a.counts;
     sp.count1 = count1;
+    sp.bad_logit = reinterpret_cast<unsigned long long*>(a.bad_logit);
     constexpr int warps = route_select_warps<E>;
     unsigned const grid = grid_for((T + warps - 1) / warps, 1);
     route_select_kernel<E, K, C.expert_groups, C.topk_groups, route_flags_of<C>><<<grid, 32 * warps, 0, stream>>>(sp);

@@ -3,7 +3,8 @@
 // Plain loops, one token at a time, so the per-token work is independent and every reduction
 // has one fixed order — the CUDA kernel mirrors exactly this. The algorithm of route:
 //
-//   1. Scan the inputs: the first non-finite logit (t, e) in row-major order is reported.
+//   1. Scan the inputs: the first non-finite logit (t, e) in row-major order is reported (and
+//      its flat index t·E + e written to route_args::bad_logit, -1 if none).
 //   2. Per token t (select_native / select_deepspeed), all in fp32 with the functions of
 //      detail::routing:  scores s = softmax_row(l) or sigmoid_det(l) over all E;  selection key
 //      (native) sel = s (score_then_topk) or l (topk_then_score), + expert_bias by add_rn;
@@ -335,19 +336,29 @@ inline void route_loss_probs(route_shape const& sh, float const* s, double* p) n
     p[e] = norm ? static_cast<double>(s[e]) / sum : static_cast<double>(s[e]);
 }
 
+/// Flat index row·cols + col of the first non-finite element of a [rows, cols] tensor, or -1.
+inline std::int64_t route_first_nonfinite(float const* x, std::int64_t rows,
+                                          std::int32_t cols) noexcept {
+  if (x == nullptr) return -1;
+  std::int64_t const n = rows * cols;
+  for (std::int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return i;
+  return -1;
+}
+
+/// The status for the non-finite element at flat index i (>= 0) of x, naming (row, col).
+inline status route_nonfinite_error(float const* x, std::int64_t i, std::int32_t cols,
+                                    char const* name) noexcept {
+  return status::error(errc::invalid_argument, "%s[%lld, %d]: expected a finite value, got %g",
+                       name, static_cast<long long>(i / cols), static_cast<int>(i % cols),
+                       static_cast<double>(x[i]));
+}
+
 /// First non-finite element of a [rows, cols] tensor, as a status naming (row, col).
 inline status route_scan_finite(float const* x, std::int64_t rows, std::int32_t cols,
                                 char const* name) noexcept {
-  if (x == nullptr) return {};
-  for (std::int64_t t = 0; t < rows; ++t)
-    for (std::int32_t e = 0; e < cols; ++e) {
-      float const v = x[t * cols + e];
-      if (!std::isfinite(v))
-        return status::error(errc::invalid_argument,
-                             "%s[%lld, %d]: expected a finite value, got %g", name,
-                             static_cast<long long>(t), e, static_cast<double>(v));
-    }
-  return {};
+  std::int64_t const i = route_first_nonfinite(x, rows, cols);
+  return i < 0 ? status{} : route_nonfinite_error(x, i, cols, name);
 }
 
 inline status route_out_of_memory(std::int64_t bytes) noexcept {
@@ -364,7 +375,11 @@ inline status route_forward(route_shape const& sh, problem const& p, router_opti
   route_noise const nz = route_noise_of(sh, p, o);
 
   // 1. Inputs.
-  MOE_TRY(route_scan_finite(a.logits, T, E, "route_args.logits"));
+  {  // the lowest non-finite logit goes to bad_logit (-1 if none) and into the status
+    std::int64_t const bad = route_first_nonfinite(a.logits, T, E);
+    if (a.bad_logit != nullptr) *a.bad_logit = bad;
+    if (bad >= 0) return route_nonfinite_error(a.logits, bad, E, "route_args.logits");
+  }
   for (std::int32_t e = 0; o.expert_bias != nullptr && e < E; ++e)
     if (!std::isfinite(o.expert_bias[e]))
       return status::error(errc::invalid_argument,

@@ -43,7 +43,32 @@ struct route_select_params {
   double* rowsum = nullptr;        // [T] Σ_e s (sigmoid normalisation of the loss probs)
   std::int32_t* counts = nullptr;  // [E] zeroed before
   std::int32_t* count1 = nullptr;  // [E] zeroed before
+  unsigned long long* bad_logit = nullptr;  // [1] or null: set to all ones (-1) before; lowered
+                                            // by atomicMin to the first non-finite t·E + e
 };
+
+/// Lowers *bad to the flat index t·E + e of the first non-finite logit among the warp's row
+/// x (lane j holds experts j, j+32, ...), if any. *bad starts as all ones: -1 as int64 and the
+/// largest value as unsigned, so an unsigned atomicMin keeps the lowest index (plan's encoding).
+template <int NJ, int E>
+__device__ __forceinline__ void route_report_nonfinite(unsigned long long* bad, int lane,
+                                                       std::int64_t t, float const* x) {
+  bool any = false;
+#pragma unroll
+  for (int j = 0; j < NJ; ++j)
+    any |= lane + 32 * j < E && (__float_as_uint(x[j]) & 0x7f800000u) == 0x7f800000u;
+  if (bad == nullptr || !__any_sync(0xffffffffu, any)) return;  // bad is warp-uniform
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    bool const nf = lane + 32 * j < E && (__float_as_uint(x[j]) & 0x7f800000u) == 0x7f800000u;
+    unsigned const mask = __ballot_sync(0xffffffffu, nf);
+    if (mask != 0u) {  // the lowest j with a bad lane, then its lowest lane: the lowest e
+      if (lane == 0)
+        atomicMin(bad, static_cast<unsigned long long>(t * E + 32 * j + (__ffs(mask) - 1)));
+      return;
+    }
+  }
+}
 
 /// Block size of route_select_kernel: fewer warps for large E (shared rows are per warp).
 template <int E>
@@ -127,6 +152,7 @@ __global__ void __launch_bounds__(32 * route_select_warps<E>)
       int const e = lane + 32 * j;
       x[j] = e < E ? __ldg(l + e) : 0.0f;
     }
+    route_report_nonfinite<NJ, E>(p.bad_logit, lane, t, x);
     // Row max; lanes without experts (E < 32) start at -inf, neutral for finite logits.
     float m = lane < E ? x[0] : -__int_as_float(0x7f800000);
 #pragma unroll
