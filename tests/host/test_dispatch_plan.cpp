@@ -16,6 +16,8 @@
 //   combine_backward d_w    |d_w - ref| <= 2^-24·|ref| + (H + 1)·u_A·Σ_h|dy·o|
 #include <doctest/doctest.h>
 
+#include "common.hpp"  // moe::test helpers: seeds, random tensors, rounding facts
+
 #include <algorithm>    // std::sort, std::shuffle, std::min
 #include <cmath>        // std::fabs, std::ldexp
 #include <cstdint>      // std::int32_t, std::int64_t, std::uint64_t
@@ -32,13 +34,12 @@
 
 namespace {
 
+using moe::test::fresh_seed;
+using moe::test::same_bits;
+
 using i32 = std::int32_t;
 using i64 = std::int64_t;
 
-std::uint64_t fresh_seed() {
-  std::random_device rd;
-  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-}
 
 // ---- routes -----------------------------------------------------------------------------------
 
@@ -236,11 +237,6 @@ std::vector<T> random_tensor(std::mt19937_64& rng, i64 n) {
   return v;
 }
 
-template <class T>
-bool same_bits(std::vector<T> const& a, std::vector<T> const& b) {
-  return a.size() == b.size() &&
-         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
-}
 
 // Forward and backward of every op on one plan, against float64.
 template <class T>

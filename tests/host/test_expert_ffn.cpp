@@ -18,7 +18,7 @@
 // and rounding noise ≈ 1e-16 / η ≈ 1e-11, both far below the 1e-6 (1 + |∂L/∂θ|) asked for.
 #include <doctest/doctest.h>
 
-#include "tolerance.hpp"  // moe::test::unit_roundoff, underflow_floor
+#include "common.hpp"  // moe::test helpers: seeds, random tensors, rounding facts
 
 #include <algorithm>    // std::max, std::min, std::fill, std::fill_n
 #include <cmath>        // std::abs, std::erf, std::exp, std::tanh, std::sqrt
@@ -52,37 +52,16 @@ constexpr ffn_recompute all_modes[] = {ffn_recompute::none, ffn_recompute::activ
                                        ffn_recompute::fc1};
 
 using moe::test::unit_roundoff;
+using moe::test::fresh_seed;
+using moe::test::at;
+using moe::test::stored;
+using moe::test::random_tensor;
+using moe::test::same_bits;
 
-std::uint64_t fresh_seed() {
-  std::random_device rd;
-  return (std::uint64_t{rd()} << 32) ^ rd();
-}
 
-std::size_t at(std::int64_t i) {
-  return static_cast<std::size_t>(i);
-}
 
-template <class T>
-T stored(double v) {
-  if constexpr (std::is_same_v<T, double>)
-    return v;
-  else
-    return moe::from_float<T>(static_cast<float>(v));
-}
 
-template <class T>
-std::vector<T> random_tensor(std::mt19937_64& gen, std::int64_t n, double lo = -1.0,
-                             double hi = 1.0) {
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<T> out(at(n));
-  for (T& v : out) v = stored<T>(dist(gen));
-  return out;
-}
 
-template <class T>
-bool same_bits(std::vector<T> const& a, std::vector<T> const& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-}
 
 template <class T>
 long double lv(T v) {

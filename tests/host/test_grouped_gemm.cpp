@@ -24,7 +24,7 @@
 // rounded to their storage types, so the reference reads exactly what the op reads.
 #include <doctest/doctest.h>
 
-#include "tolerance.hpp"  // moe::test::unit_roundoff, underflow_floor
+#include "common.hpp"  // moe::test helpers: seeds, random tensors, rounding facts
 
 #include <algorithm>    // std::max, std::min, std::copy_n
 #include <cmath>        // std::abs, std::erf, std::exp, std::tanh, std::sqrt
@@ -56,38 +56,17 @@ constexpr activation all_activations[] = {
     activation::silu,     activation::swiglu, activation::geglu};
 
 using moe::test::unit_roundoff;
+using moe::test::fresh_seed;
+using moe::test::at;
+using moe::test::stored;
+using moe::test::random_tensor;
+using moe::test::same_bits;
 using moe::test::underflow_floor;
 
-std::uint64_t fresh_seed() {
-  std::random_device rd;
-  return (std::uint64_t{rd()} << 32) ^ rd();
-}
 
-template <class T>
-T stored(double v) {
-  if constexpr (std::is_same_v<T, double>)
-    return v;
-  else
-    return moe::from_float<T>(static_cast<float>(v));
-}
 
-template <class T>
-std::vector<T> random_tensor(std::mt19937_64& gen, std::int64_t n, double lo = -1.0,
-                             double hi = 1.0) {
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<T> out(static_cast<std::size_t>(n));
-  for (T& v : out) v = stored<T>(dist(gen));
-  return out;
-}
 
-template <class T>
-bool same_bits(std::vector<T> const& a, std::vector<T> const& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-}
 
-std::size_t at(std::int64_t i) {
-  return static_cast<std::size_t>(i);
-}
 
 /// The reference's activations, in long double, written from the textbook formulas.
 struct ref_act {

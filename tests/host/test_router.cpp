@@ -14,6 +14,8 @@
 // both sides break to the lower index; they are also tested on their own.
 #include <doctest/doctest.h>
 
+#include "common.hpp"  // moe::test helpers: seeds, random tensors, rounding facts
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -29,6 +31,8 @@
 #include "moe/router.hpp"
 
 namespace {
+
+using moe::test::fresh_seed;
 
 constexpr auto f32 = moe::precision::fp32;
 constexpr auto ds = moe::router_compat::deepspeed;
@@ -492,10 +496,6 @@ void compare_with_reference(case_data const& d, ref_out const& want) {
   if (T > 0) CHECK(got.stats.mean_load == doctest::Approx(double(T) * C.top_k / C.experts));
 }
 
-std::uint64_t fresh_seed() {
-  std::random_device rd;
-  return (std::uint64_t{rd()} << 32) ^ rd();
-}
 
 template <moe::config C>
 void random_cases(std::initializer_list<variant> variants,

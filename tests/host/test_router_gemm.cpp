@@ -19,7 +19,7 @@
 // fp64 configs are checked at their own rounding level (a double reference could not do that).
 #include <doctest/doctest.h>
 
-#include "tolerance.hpp"  // moe::test::unit_roundoff, underflow_floor
+#include "common.hpp"  // moe::test helpers: seeds, random tensors, rounding facts
 
 #include <algorithm>  // std::min, std::max
 #include <cfloat>     // LDBL_EPSILON
@@ -54,33 +54,19 @@ constexpr moe::config with_experts = [] {
 }();
 
 using moe::test::unit_roundoff;
+using moe::test::fresh_seed;
+using moe::test::stored;
+using moe::test::random_tensor;
+using moe::test::same_bits;
 using moe::test::underflow_floor;
 constexpr long double reference_roundoff = LDBL_EPSILON / 2;
 
-std::uint64_t fresh_seed() {
-  std::random_device rd;
-  return (std::uint64_t{rd()} << 32) ^ rd();
-}
 
-template <class T>
-T stored(double v) {
-  if constexpr (std::is_same_v<T, double>)
-    return v;
-  else
-    return moe::from_float<T>(static_cast<float>(v));
-}
 template <class T>
 long double value(T v) {
   return static_cast<long double>(moe::to_float(v));
 }
 
-template <class T>
-std::vector<T> random_tensor(std::mt19937_64& gen, std::int64_t n, double lo, double hi) {
-  std::uniform_real_distribution<double> dist(lo, hi);
-  std::vector<T> out(static_cast<std::size_t>(n));
-  for (T& v : out) v = stored<T>(dist(gen));
-  return out;
-}
 
 enum class jitter_mode { none, caller, philox };
 constexpr char const* to_string(jitter_mode m) {
@@ -250,10 +236,6 @@ void sweep_experts(std::uint64_t seed) {
 }
 
 /// Bitwise equality of two tensors.
-template <class T>
-bool same_bits(std::vector<T> const& a, std::vector<T> const& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
-}
 
 /// Forward logits and backward (dx, dW_g from c.d_w0) of `c` under `policy`.
 template <moe::config C>
