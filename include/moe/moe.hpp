@@ -9,6 +9,7 @@
 #include "moe/dispatch.hpp"      // moe::config_list, dispatch<List>(cfg, f)
 #include "moe/expert_ffn.hpp"    // moe::expert_ffn: two grouped GEMMs and the activation
 #include "moe/grouped_gemm.hpp"  // moe::grouped_gemm: per-expert GEMMs with fused epilogues
+#include "moe/layer.hpp"         // moe::layer: the whole MoE layer, forward and backward
 #include "moe/permute.hpp"       // moe::permute, unpermute/combine and their backward
 #include "moe/philox.hpp"        // moe::philox4x32_10, uniform/normal/gumbel draws by (seed, offset)
 #include "moe/plan.hpp"          // moe::plan: expert offsets and row maps (counting sort)

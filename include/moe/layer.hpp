@@ -1,0 +1,501 @@
+// SPDX-License-Identifier: Apache-2.0
+// `moe::layer`: a whole MoE layer, forward and backward, composed of the ops —
+//
+//   router GEMM → route → plan → permute → expert FFN → unpermute/combine      (routed experts)
+//   + shared experts: one dense FFN applied to every token, added          (DeepSeek, Megatron)
+//   PR-MoE residual: y = c0 · y_moe + c1 · mlp(x), c = softmax(x · W_cᵀ + b_c)  (DeepSpeed)
+//
+// and backward in reverse: combine backward → expert FFN backward → permute backward → route
+// backward (with the aux-, z- and sequence-loss gradients) → router GEMM backward, plus the
+// shared and residual branches; dx is the sum of every branch's dx, taken in float in a fixed
+// order and rounded once. Parameter gradients ACCUMULATE (zero them with zero_grad()).
+//
+// Memory: parameters and gradients are either caller-owned (bind) or layer-owned (allocate,
+// once, outside any step). Everything a step needs besides them lives in one caller-owned
+// workspace of workspace_bytes(problem) bytes; forward leaves there what backward reads, so the
+// same workspace goes to both. Nothing is allocated inside forward or backward.
+//
+// This header is the host backend's layer (moe::host_policy). Its CUDA twin takes the same
+// argument structs (docs/layer.md).
+#pragma once
+
+#include <cmath>     // std::exp
+#include <cstddef>   // std::size_t
+#include <cstdint>   // std::int32_t, std::int64_t, std::uint64_t, std::uintptr_t
+#include <cstring>   // std::memcpy, std::memset
+#include <new>       // std::bad_alloc
+#include <type_traits>  // std::is_same_v
+#include <vector>    // layer-owned parameters
+
+#include "moe/comm/local.hpp"   // moe::comm::local
+#include "moe/config.hpp"       // moe::config, check<C>(), is_gated
+#include "moe/expert_ffn.hpp"   // expert_ffn, expert_ffn_backward, ffn_recompute
+#include "moe/permute.hpp"      // permute, combine, combine_backward, permute_backward
+#include "moe/plan.hpp"         // plan, plan_rows_bound
+#include "moe/policy.hpp"       // moe::host_policy
+#include "moe/precision.hpp"    // to_float, from_float
+#include "moe/problem.hpp"      // moe::problem, capacity<C>(), validate<C>()
+#include "moe/random.hpp"       // fill_random (init)
+#include "moe/router.hpp"       // route, route_backward, router_options, route_stats
+#include "moe/router_gemm.hpp"  // router_gemm, router_gemm_backward, router_jitter
+#include "moe/status.hpp"       // moe::status, MOE_TRY
+#include "moe/storage.hpp"      // act_t, weight_t, accum_t
+
+namespace moe {
+
+/// The sizes of a layer that do not change from step to step.
+struct layer_shape {
+  std::int64_t hidden = 0;        ///< H
+  std::int64_t ffn = 0;           ///< F of each routed expert (W1 has 2F rows when gated)
+  std::int64_t shared_ffn = 0;    ///< width of the shared-expert FFN, 0 = none. S shared experts
+                                  ///< of width F_s are one FFN of width S·F_s (DeepSeek's
+                                  ///< n_shared_experts · moe_intermediate_size)
+  std::int64_t residual_ffn = 0;  ///< width of the PR-MoE residual MLP, 0 = none
+  std::int32_t ep_size = 1;       ///< R: experts are spread over R ranks (E_l = E / R here)
+};
+
+/// Every tensor of a layer, as pointers of one element type: weight_t<C> for parameters,
+/// accum_t<C> for gradients. Shapes (E_l = E / R; F_w = 2F when gated, else F):
+template <class W>
+struct layer_tensors {
+  W* w_gate = nullptr;      ///< [H, E] router weight W_g (no bias, as DeepSpeed's gate)
+  W* w1 = nullptr;          ///< [E_l, F_w, H] routed experts' first layer
+  W* b1 = nullptr;          ///< [E_l, F_w]
+  W* w2 = nullptr;          ///< [E_l, H, F] second layer
+  W* b2 = nullptr;          ///< [E_l, H]
+  W* shared_w1 = nullptr;   ///< [F_sw, H] shared-expert FFN (null without shared experts)
+  W* shared_b1 = nullptr;   ///< [F_sw]
+  W* shared_w2 = nullptr;   ///< [H, F_s]
+  W* shared_b2 = nullptr;   ///< [H]
+  W* residual_w1 = nullptr; ///< [F_rw, H] PR-MoE residual MLP (null without residual)
+  W* residual_b1 = nullptr; ///< [F_rw]
+  W* residual_w2 = nullptr; ///< [H, F_r]
+  W* residual_b2 = nullptr; ///< [H]
+  W* coef_w = nullptr;      ///< [2, H] the residual's mixing coefficients' linear layer
+  W* coef_b = nullptr;      ///< [2]
+};
+
+template <config C>
+using layer_params = layer_tensors<weight_t<C>>;
+template <config C>
+using layer_grads = layer_tensors<accum_t<C>>;
+
+/// Options read by forward and backward (none changes generated code).
+struct layer_options {
+  router_options router{};  ///< selection bias, noise, weight scale, sequence loss
+  router_jitter jitter{};   ///< multiplicative jitter on the router input (training only)
+  ffn_recompute recompute = ffn_recompute::activation;  ///< what backward recomputes
+};
+
+/// What a forward reports.
+struct layer_stats {
+  route_stats route{};  ///< C, dropped routes, max/mean load, aux, z and sequence losses
+  /// The loss the layer adds to the training objective: aux_loss_coef·aux + z_loss_coef·z +
+  /// seq_aux_loss_coef·seq. backward() adds its gradient; callers only report it.
+  double loss = 0.0;
+};
+
+/// Arguments of layer::forward (memory of the policy's backend).
+template <config C>
+struct layer_forward_args {
+  act_t<C> const* x = nullptr;        ///< [T, H]
+  act_t<C>* y = nullptr;              ///< [T, H] out
+  layer_stats* stats = nullptr;       ///< [1] out, optional
+  std::int32_t* counts = nullptr;     ///< [E] out, optional: routes per expert before drops
+};
+
+/// Arguments of layer::backward: the forward's input again, and the gradient of its output.
+template <config C>
+struct layer_backward_args {
+  act_t<C> const* x = nullptr;   ///< [T, H] the forward's x
+  act_t<C> const* dy = nullptr;  ///< [T, H] gradient of y
+  act_t<C>* dx = nullptr;        ///< [T, H] out
+};
+
+/// The routing of the last forward, read from its workspace (host memory on the host backend).
+struct layer_routing {
+  std::int32_t const* expert = nullptr;  ///< [T, K]
+  std::int32_t const* slot = nullptr;    ///< [T, K], -1 = dropped
+  float const* weight = nullptr;         ///< [T, K]
+  std::int32_t const* counts = nullptr;  ///< [E] before drops
+  std::int32_t const* kept = nullptr;    ///< [E] after drops
+};
+
+/// How a layer's parameters start.
+struct layer_init {
+  std::uint64_t seed = 0;
+  float std = 0.02f;              ///< weights ~ N(0, std²) (GPT-2's 0.02); biases 0
+  float output_std = 0.0f;        ///< > 0: the std of W2, shared W2 and residual W2 instead
+  bool replicate_experts = false; ///< every routed expert a copy of expert 0 (DeepSpeed's
+                                  ///< "copy of one template expert" initialisation)
+};
+
+namespace detail::layer_impl {
+
+/// Elements of every tensor of a layer (0 for an absent one), in the fixed order of
+/// layer_tensors; the flat layout puts them one after another in this order.
+template <config C>
+struct tensor_sizes {
+  std::int64_t n[15] = {};
+  constexpr explicit tensor_sizes(layer_shape const& s) noexcept {
+    std::int64_t const H = s.hidden, E = C.experts;
+    std::int64_t const El = s.ep_size > 0 ? E / s.ep_size : 0;
+    std::int64_t const gate = is_gated(C.ffn_activation) ? 2 : 1;
+    std::int64_t const F = s.ffn, Fs = s.shared_ffn, Fr = s.residual_ffn;
+    std::int64_t const v[15] = {H * E,       El * gate * F * H, El * gate * F, El * H * F,
+                                El * H,      gate * Fs * H,     gate * Fs,     H * Fs,
+                                Fs > 0 ? H : 0, gate * Fr * H,  gate * Fr,     H * Fr,
+                                Fr > 0 ? H : 0, Fr > 0 ? 2 * H : 0, Fr > 0 ? 2 : 0};
+    for (int i = 0; i < 15; ++i) n[i] = v[i];
+  }
+  [[nodiscard]] constexpr std::int64_t total() const noexcept {
+    std::int64_t t = 0;
+    for (auto v : n) t += v;
+    return t;
+  }
+};
+
+template <class W>
+constexpr W** member(layer_tensors<W>& t, int i) noexcept {
+  W** const m[15] = {&t.w_gate,      &t.w1,          &t.b1,          &t.w2,
+                     &t.b2,          &t.shared_w1,   &t.shared_b1,   &t.shared_w2,
+                     &t.shared_b2,   &t.residual_w1, &t.residual_b1, &t.residual_w2,
+                     &t.residual_b2, &t.coef_w,      &t.coef_b};
+  return m[i];
+}
+
+inline constexpr char const* tensor_names[15] = {
+    "w_gate",      "w1",          "b1",          "w2",          "b2",
+    "shared_w1",   "shared_b1",   "shared_w2",   "shared_b2",   "residual_w1",
+    "residual_b1", "residual_w2", "residual_b2", "coef_w",      "coef_b"};
+
+/// Byte offsets of the workspace regions for one problem. Saved: written by forward, read by
+/// backward. Scratch: backward only (it may reuse nothing of the saved part).
+struct workspace_layout {
+  std::int64_t rows = 0;  // bound of the permuted buffer's rows
+  std::size_t logits = 0, logits_acc = 0, expert = 0, slot = 0, weight = 0, counts = 0, kept = 0,
+              stats = 0, offsets = 0, row_of = 0, source_of = 0, xp = 0, pre = 0, h = 0, yp = 0,
+              y_moe = 0, dense_offsets = 0, shared_pre = 0, shared_h = 0, shared_y = 0,
+              res_pre = 0, res_h = 0, res_y = 0, coef = 0;
+  std::size_t d_weight = 0, d_logits = 0, d_logits_acc = 0, d_o = 0, d_pre = 0, dxp = 0,
+              d_moe = 0, d_res = 0, d_coef = 0, dx_a = 0, dx_sum = 0, dense_d_pre = 0;
+  std::size_t bytes = 0;
+};
+
+inline std::size_t take(std::size_t& at, std::int64_t elements, std::size_t elem) noexcept {
+  std::size_t const start = (at + 63) / 64 * 64;
+  at = start + static_cast<std::size_t>(elements) * elem;
+  return start;
+}
+
+template <config C>
+workspace_layout make_layout(layer_shape const& s, problem const& p) noexcept {
+  using A = act_t<C>;
+  workspace_layout w{};
+  std::int64_t const T = p.tokens, H = s.hidden, E = C.experts, K = C.top_k;
+  std::int64_t const gate = is_gated(C.ffn_activation) ? 2 : 1;
+  std::int64_t const F = s.ffn, Fs = s.shared_ffn, Fr = s.residual_ffn;
+  // The most slots an expert can have: the native formula's C, or DeepSpeed's float32 one,
+  // which can exceed it by one (docs/routing.md); T when dropless.
+  std::int64_t cap = capacity<C>(p);
+  if (C.compat == router_compat::deepspeed && !is_dropless<C>(p)) {
+    std::int64_t const ds = routing::deepspeed_capacity(
+        T, C.experts, active_capacity_factor<C>(p), C.top_k, p.min_capacity);
+    cap = ds > cap ? ds : cap;
+  }
+  w.rows = plan_rows_bound(T, C.top_k, C.experts, cap, plan_layout::compact, 1);
+  std::int64_t const M = w.rows;
+  std::size_t at = 0;
+  w.logits = take(at, T * E, sizeof(float));
+  w.logits_acc = take(at, std::is_same_v<accum_t<C>, float> ? 0 : T * E, sizeof(accum_t<C>));
+  w.expert = take(at, T * K, sizeof(std::int32_t));
+  w.slot = take(at, T * K, sizeof(std::int32_t));
+  w.weight = take(at, T * K, sizeof(float));
+  w.counts = take(at, E, sizeof(std::int32_t));
+  w.kept = take(at, E, sizeof(std::int32_t));
+  w.stats = take(at, 1, sizeof(route_stats));
+  w.offsets = take(at, E + 1, sizeof(std::int64_t));
+  w.row_of = take(at, T * K, sizeof(std::int32_t));
+  w.source_of = take(at, M, sizeof(std::int32_t));
+  w.xp = take(at, M * H, sizeof(A));
+  w.pre = take(at, M * gate * F, sizeof(A));
+  w.h = take(at, M * F, sizeof(A));
+  w.yp = take(at, M * H, sizeof(A));
+  w.y_moe = take(at, T * H, sizeof(A));
+  w.dense_offsets = take(at, 2, sizeof(std::int64_t));
+  w.shared_pre = take(at, T * gate * Fs, sizeof(A));
+  w.shared_h = take(at, T * Fs, sizeof(A));
+  w.shared_y = take(at, Fs > 0 ? T * H : 0, sizeof(A));
+  w.res_pre = take(at, T * gate * Fr, sizeof(A));
+  w.res_h = take(at, T * Fr, sizeof(A));
+  w.res_y = take(at, Fr > 0 ? T * H : 0, sizeof(A));
+  w.coef = take(at, Fr > 0 ? 2 * T : 0, sizeof(accum_t<C>));
+  // backward scratch
+  w.d_weight = take(at, T * K, sizeof(float));
+  w.d_logits = take(at, T * E, sizeof(float));
+  w.d_logits_acc = take(at, std::is_same_v<accum_t<C>, float> ? 0 : T * E, sizeof(accum_t<C>));
+  w.d_o = take(at, M * H, sizeof(A));
+  w.d_pre = take(at, M * gate * F, sizeof(A));
+  w.dxp = take(at, M * H, sizeof(A));
+  w.d_moe = take(at, T * H, sizeof(A));
+  w.d_res = take(at, Fr > 0 ? T * H : 0, sizeof(A));
+  w.d_coef = take(at, Fr > 0 ? 2 * T : 0, sizeof(accum_t<C>));
+  w.dx_a = take(at, T * H, sizeof(A));
+  w.dx_sum = take(at, T * H, sizeof(accum_t<C>));
+  std::int64_t const Fd = Fs > Fr ? Fs : Fr;  // the dense FFNs' backward scratch, shared
+  w.dense_d_pre = take(at, T * gate * Fd, sizeof(A));
+  w.bytes = (at + 63) / 64 * 64;
+  return w;
+}
+
+template <class T>
+T* at(void* base, std::size_t offset) noexcept {
+  return reinterpret_cast<T*>(static_cast<char*>(base) + offset);
+}
+
+}  // namespace detail::layer_impl
+
+/// A whole MoE layer of config C on backend `Policy`, over the communicator `Comm` (R = 1 with
+/// comm::local, the default and, for now, the only one).
+template <config C, class Policy = host_policy, class Comm = comm::local>
+class layer {
+  static_assert(check<C>());
+  static_assert(std::is_same_v<Policy, host_policy>,
+                "moe::layer: this header implements the host backend (moe::host_policy)");
+
+ public:
+  using act = act_t<C>;
+  using weight = weight_t<C>;
+  using accum = accum_t<C>;
+
+  layer() = default;
+  explicit layer(layer_shape const& shape, Comm comm = {}) noexcept : shape_(shape), comm_(comm) {}
+
+  [[nodiscard]] layer_shape const& shape() const noexcept { return shape_; }
+  [[nodiscard]] layer_options& options() noexcept { return options_; }
+  [[nodiscard]] layer_options const& options() const noexcept { return options_; }
+  [[nodiscard]] layer_params<C> const& params() const noexcept { return params_; }
+  [[nodiscard]] layer_grads<C> const& grads() const noexcept { return grads_; }
+
+  /// Elements of the flat parameter (and gradient) buffer: the tensors of layer_tensors one
+  /// after another in declaration order, absent ones taking no space.
+  [[nodiscard]] std::int64_t parameter_count() const noexcept {
+    return detail::layer_impl::tensor_sizes<C>(shape_).total();
+  }
+
+  /// Checks the shape: H, F >= 1, optional widths >= 0, R dividing E and equal to comm's size.
+  [[nodiscard]] status check_shape() const noexcept {
+    if (shape_.hidden < 1)
+      return status::error(errc::invalid_argument, "layer_shape.hidden: expected H >= 1, got %lld",
+                           static_cast<long long>(shape_.hidden));
+    if (shape_.ffn < 1)
+      return status::error(errc::invalid_argument, "layer_shape.ffn: expected F >= 1, got %lld",
+                           static_cast<long long>(shape_.ffn));
+    if (shape_.shared_ffn < 0 || shape_.residual_ffn < 0)
+      return status::error(errc::invalid_argument,
+                           "layer_shape.shared_ffn/residual_ffn: expected >= 0, got %lld/%lld",
+                           static_cast<long long>(shape_.shared_ffn),
+                           static_cast<long long>(shape_.residual_ffn));
+    if (shape_.ep_size != comm_.size() || C.experts % shape_.ep_size != 0)
+      return status::error(errc::invalid_argument,
+                           "layer_shape.ep_size: expected the communicator's size %d (dividing "
+                           "E = %d), got %d",
+                           comm_.size(), C.experts, shape_.ep_size);
+    return {};
+  }
+
+  /// Uses caller-owned parameter and gradient tensors (every tensor the shape needs non-null).
+  [[nodiscard]] status bind(layer_params<C> const& params, layer_grads<C> const& grads) noexcept {
+    MOE_TRY(check_shape());
+    detail::layer_impl::tensor_sizes<C> const sizes(shape_);
+    layer_params<C> p = params;
+    layer_grads<C> g = grads;
+    for (int i = 0; i < 15; ++i) {
+      bool const need = sizes.n[i] > 0;
+      if (need && (*detail::layer_impl::member(p, i) == nullptr ||
+                   *detail::layer_impl::member(g, i) == nullptr))
+        return status::error(errc::invalid_argument,
+                             "layer bind: %s: expected non-null parameter and gradient (%lld "
+                             "elements)",
+                             detail::layer_impl::tensor_names[i],
+                             static_cast<long long>(sizes.n[i]));
+      if (!need) {
+        *detail::layer_impl::member(p, i) = nullptr;
+        *detail::layer_impl::member(g, i) = nullptr;
+      }
+    }
+    params_ = p;
+    grads_ = g;
+    flat_params_ = nullptr;
+    flat_grads_ = nullptr;
+    return {};
+  }
+
+  /// Uses caller-owned flat buffers of parameter_count() elements each (layout above).
+  [[nodiscard]] status bind_flat(weight* params, accum* grads) noexcept {
+    MOE_TRY(check_shape());
+    if (params == nullptr || grads == nullptr)
+      return status::error(errc::invalid_argument,
+                           "layer bind_flat: params/grads: expected non-null buffers of %lld "
+                           "elements",
+                           static_cast<long long>(parameter_count()));
+    MOE_TRY(bind(carve(params), carve(grads)));
+    flat_params_ = params;
+    flat_grads_ = grads;
+    return {};
+  }
+
+  /// Allocates layer-owned parameters and gradients (zeros), once, outside any step.
+  [[nodiscard]] status allocate() noexcept {
+    MOE_TRY(check_shape());
+    auto const n = static_cast<std::size_t>(parameter_count());
+    try {
+      owned_params_.assign(n, weight{});
+      owned_grads_.assign(n, accum{});
+    } catch (std::bad_alloc const&) {
+      return status::error(errc::out_of_memory,
+                           "layer allocate: %zu parameters do not fit in host memory", n);
+    }
+    return bind_flat(owned_params_.data(), owned_grads_.data());
+  }
+
+  /// The flat buffers when bound flat or allocated (else null).
+  [[nodiscard]] weight* flat_params() const noexcept { return flat_params_; }
+  [[nodiscard]] accum* flat_grads() const noexcept { return flat_grads_; }
+
+  /// Sets every gradient to zero (gradients accumulate over backward calls).
+  [[nodiscard]] status zero_grad(host_policy = {}) noexcept {
+    detail::layer_impl::tensor_sizes<C> const sizes(shape_);
+    for (int i = 0; i < 15; ++i) {
+      accum* g = *detail::layer_impl::member(grads_, i);
+      if (g != nullptr && sizes.n[i] > 0)
+        std::memset(static_cast<void*>(g), 0, static_cast<std::size_t>(sizes.n[i]) * sizeof(accum));
+    }
+    return {};
+  }
+
+  /// Fills the parameters: weights N(0, std²) from Philox (seed, a disjoint word range per
+  /// tensor), rounded to weight_t<C>; biases 0. Allocates a float scratch of one tensor (call it
+  /// outside the steps).
+  [[nodiscard]] status init(layer_init const& in) noexcept {
+    MOE_TRY(check_shape());
+    if (params_.w_gate == nullptr)
+      return status::error(errc::invalid_argument, "layer init: expected bound parameters "
+                                                   "(call bind, bind_flat or allocate first)");
+    if (!(in.std >= 0.0f) || !(in.output_std >= 0.0f))
+      return status::error(errc::invalid_argument,
+                           "layer_init.std/output_std: expected finite values >= 0");
+    detail::layer_impl::tensor_sizes<C> const sizes(shape_);
+    bool const bias[15] = {false, false, true, false, true, false, true, false,
+                           true,  false, true, false, true, false, true};
+    bool const output[15] = {false, false, false, true, false, false, false, true,
+                             false, false, false, true, false, false, false};
+    std::int64_t const El = C.experts / shape_.ep_size;
+    std::uint64_t offset = 0;
+    try {
+      std::vector<float> scratch;
+      for (int i = 0; i < 15; ++i) {
+        weight* dst = *detail::layer_impl::member(params_, i);
+        std::int64_t n = sizes.n[i];
+        if (dst == nullptr || n == 0) continue;
+        if (bias[i]) {
+          for (std::int64_t j = 0; j < n; ++j) dst[j] = from_float<weight>(0.0f);
+          continue;
+        }
+        bool const expert_tensor = i == 1 || i == 3;
+        // Replicated experts: draw expert 0 and copy it; the global expert index keeps the
+        // draws of rank r's experts equal to those a single rank would make.
+        std::int64_t const per_expert = expert_tensor ? n / El : n;
+        std::int64_t const draw = expert_tensor && in.replicate_experts ? per_expert : n;
+        scratch.resize(static_cast<std::size_t>(draw));
+        std::uint64_t const first =
+            offset + (expert_tensor && !in.replicate_experts
+                          ? 2u * static_cast<std::uint64_t>(comm_.rank()) *
+                                static_cast<std::uint64_t>(n)
+                          : 0u);
+        MOE_TRY(fill_random(host_policy{}, random_args{.dist = distribution::normal,
+                                                       .seed = in.seed,
+                                                       .offset = first,
+                                                       .out = scratch.data(),
+                                                       .n = draw}));
+        float const sd = output[i] && in.output_std > 0.0f ? in.output_std : in.std;
+        for (std::int64_t j = 0; j < n; ++j)
+          dst[j] = from_float<weight>(sd * scratch[static_cast<std::size_t>(j % draw)]);
+        offset += words_used(distribution::normal, expert_tensor ? n * shape_.ep_size : n);
+      }
+    } catch (std::bad_alloc const&) {
+      return status::error(errc::out_of_memory, "layer init: no host memory for the scratch");
+    }
+    return {};
+  }
+
+  /// A problem for T tokens with this layer's H, F and R (coefficients at their defaults).
+  [[nodiscard]] problem make_problem(std::int64_t tokens, bool training = true) const noexcept {
+    problem p{};
+    p.tokens = tokens;
+    p.hidden = shape_.hidden;
+    p.ffn = shape_.ffn;
+    p.ep_rank = comm_.rank();
+    p.ep_size = shape_.ep_size;
+    p.training = training;
+    return p;
+  }
+
+  /// Bytes of the workspace forward and backward need for problem p.
+  [[nodiscard]] std::size_t workspace_bytes(problem const& p) const noexcept {
+    return detail::layer_impl::make_layout<C>(shape_, p).bytes;
+  }
+
+  /// The routing the last forward left in `workspace` (for statistics, e.g. load per class).
+  [[nodiscard]] layer_routing routing(problem const& p, void const* workspace) const noexcept {
+    auto const w = detail::layer_impl::make_layout<C>(shape_, p);
+    void* ws = const_cast<void*>(workspace);
+    return {detail::layer_impl::at<std::int32_t>(ws, w.expert),
+            detail::layer_impl::at<std::int32_t>(ws, w.slot),
+            detail::layer_impl::at<float>(ws, w.weight),
+            detail::layer_impl::at<std::int32_t>(ws, w.counts),
+            detail::layer_impl::at<std::int32_t>(ws, w.kept)};
+  }
+
+  /// Forward on the CPU: y = the layer of x. Leaves in `workspace` what backward needs.
+  [[nodiscard]] status forward(host_policy policy, problem const& p,
+                               layer_forward_args<C> const& a, void* workspace,
+                               std::size_t bytes) noexcept;
+
+  /// Backward on the CPU: dx (overwritten) and every parameter gradient (accumulated), for the
+  /// loss whose gradient w.r.t. y is dy plus the layer's own losses (layer_stats::loss).
+  /// `workspace` must hold what forward left there, for the same problem and x.
+  [[nodiscard]] status backward(host_policy policy, problem const& p,
+                                layer_backward_args<C> const& a, void* workspace,
+                                std::size_t bytes) noexcept;
+
+ private:
+  template <class W>
+  layer_tensors<W> carve(W* flat) const noexcept {
+    layer_tensors<W> t{};
+    detail::layer_impl::tensor_sizes<C> const sizes(shape_);
+    std::int64_t at = 0;
+    for (int i = 0; i < 15; ++i) {
+      *detail::layer_impl::member(t, i) = sizes.n[i] > 0 ? flat + at : nullptr;
+      at += sizes.n[i];
+    }
+    return t;
+  }
+
+  status check_call(problem const& p, void const* workspace, std::size_t bytes,
+                    char const* who) const noexcept;
+
+  layer_shape shape_{};
+  Comm comm_{};
+  layer_options options_{};
+  layer_params<C> params_{};
+  layer_grads<C> grads_{};
+  weight* flat_params_ = nullptr;
+  accum* flat_grads_ = nullptr;
+  std::vector<weight> owned_params_;
+  std::vector<accum> owned_grads_;
+};
+
+}  // namespace moe
+
+#include "moe/host/layer.hpp"  // forward and backward on the CPU
