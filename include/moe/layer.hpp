@@ -22,10 +22,12 @@
 #include <cmath>     // std::exp
 #include <cstddef>   // std::size_t
 #include <cstdint>   // std::int32_t, std::int64_t, std::uint64_t, std::uintptr_t
+#include <cstdlib>   // std::aligned_alloc, std::free
 #include <cstring>   // std::memcpy, std::memset
 #include <new>       // std::bad_alloc
 #include <type_traits>  // std::is_same_v
-#include <vector>    // layer-owned parameters
+#include <memory>    // std::unique_ptr (layer-owned memory)
+#include <vector>    // init's host scratch
 
 #include "moe/comm/local.hpp"   // moe::comm::local
 #include "moe/config.hpp"       // moe::config, check<C>(), is_gated
@@ -179,17 +181,21 @@ struct workspace_layout {
               res_pre = 0, res_h = 0, res_y = 0, coef = 0;
   std::size_t d_weight = 0, d_logits = 0, d_logits_acc = 0, d_o = 0, d_pre = 0, dxp = 0,
               d_moe = 0, d_res = 0, d_coef = 0, dx_a = 0, dx_sum = 0, dense_d_pre = 0;
+  std::size_t op_scratch = 0;  // workspace of the backend's ops (route, plan, ...), if any
   std::size_t bytes = 0;
 };
 
+/// Every region starts at a multiple of 256 bytes (cudaMalloc's alignment, which the CUDA ops'
+/// scratch asks for) from the workspace's base.
 inline std::size_t take(std::size_t& at, std::int64_t elements, std::size_t elem) noexcept {
-  std::size_t const start = (at + 63) / 64 * 64;
+  std::size_t const start = (at + 255) / 256 * 256;
   at = start + static_cast<std::size_t>(elements) * elem;
   return start;
 }
 
 template <config C>
-workspace_layout make_layout(layer_shape const& s, problem const& p) noexcept {
+workspace_layout make_layout(layer_shape const& s, problem const& p,
+                             std::size_t op_scratch = 0) noexcept {
   using A = act_t<C>;
   workspace_layout w{};
   std::int64_t const T = p.tokens, H = s.hidden, E = C.experts, K = C.top_k;
@@ -244,7 +250,8 @@ workspace_layout make_layout(layer_shape const& s, problem const& p) noexcept {
   w.dx_sum = take(at, T * H, sizeof(accum_t<C>));
   std::int64_t const Fd = Fs > Fr ? Fs : Fr;  // the dense FFNs' backward scratch, shared
   w.dense_d_pre = take(at, T * gate * Fd, sizeof(A));
-  w.bytes = (at + 63) / 64 * 64;
+  w.op_scratch = take(at, static_cast<std::int64_t>(op_scratch), 1);  // the backend ops' own
+  w.bytes = (at + 255) / 256 * 256;
   return w;
 }
 
@@ -253,15 +260,57 @@ T* at(void* base, std::size_t offset) noexcept {
   return reinterpret_cast<T*>(static_cast<char*>(base) + offset);
 }
 
+/// What a backend's forward and backward read of a layer.
+template <config C>
+struct layer_state {
+  layer_shape shape;
+  layer_options options;
+  layer_params<C> params;
+  layer_grads<C> grads;
+  std::int32_t rank = 0;
+};
+
+/// How a backend allocates, clears and fills the layer's own memory (host: below; CUDA:
+/// moe/cuda/layer.cuh).
+template <class Policy>
+struct layer_memory;
+
+template <>
+struct layer_memory<host_policy> {
+  /// Zeroed memory of `bytes` bytes, or null.
+  static void* allocate(std::size_t bytes) noexcept {
+    void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+    if (p != nullptr) std::memset(p, 0, bytes);
+    return p;
+  }
+  static void release(void* p) noexcept { std::free(p); }
+  static status zero(host_policy, void* p, std::size_t bytes) noexcept {
+    std::memset(p, 0, bytes);
+    return {};
+  }
+  static status upload(void* dst, void const* src, std::size_t bytes) noexcept {
+    std::memcpy(dst, src, bytes);
+    return {};
+  }
+  static constexpr std::size_t base_alignment = 64;
+};
+
+/// The backend ops' scratch inside the layer's workspace: none on the host.
+template <config C>
+std::size_t op_scratch_bytes(host_policy, layer_shape const&, layer_options const&,
+                             problem const&) noexcept {
+  return 0;
+}
+
 }  // namespace detail::layer_impl
 
-/// A whole MoE layer of config C on backend `Policy`, over the communicator `Comm` (R = 1 with
-/// comm::local, the default and, for now, the only one).
+/// A whole MoE layer of config C on backend `Policy` (moe::host_policy here; moe::cuda_policy
+/// with moe/cuda/layer.cuh), over the communicator `Comm` (R = 1 with comm::local, the default
+/// and, for now, the only one). Parameters, gradients and workspace are memory of the backend.
 template <config C, class Policy = host_policy, class Comm = comm::local>
 class layer {
   static_assert(check<C>());
-  static_assert(std::is_same_v<Policy, host_policy>,
-                "moe::layer: this header implements the host backend (moe::host_policy)");
+  using memory = detail::layer_impl::layer_memory<Policy>;
 
  public:
   using act = act_t<C>;
@@ -345,38 +394,39 @@ class layer {
     return {};
   }
 
-  /// Allocates layer-owned parameters and gradients (zeros), once, outside any step.
+  /// Allocates layer-owned parameters and gradients (zeros) in the backend's memory, once,
+  /// outside any step; they are freed with the layer.
   [[nodiscard]] status allocate() noexcept {
     MOE_TRY(check_shape());
     auto const n = static_cast<std::size_t>(parameter_count());
-    try {
-      owned_params_.assign(n, weight{});
-      owned_grads_.assign(n, accum{});
-    } catch (std::bad_alloc const&) {
+    owned_params_.reset(memory::allocate(n * sizeof(weight)));
+    owned_grads_.reset(memory::allocate(n * sizeof(accum)));
+    if (n > 0 && (owned_params_ == nullptr || owned_grads_ == nullptr))
       return status::error(errc::out_of_memory,
-                           "layer allocate: %zu parameters do not fit in host memory", n);
-    }
-    return bind_flat(owned_params_.data(), owned_grads_.data());
+                           "layer allocate: %zu parameters and gradients do not fit in memory", n);
+    return bind_flat(static_cast<weight*>(owned_params_.get()),
+                     static_cast<accum*>(owned_grads_.get()));
   }
 
   /// The flat buffers when bound flat or allocated (else null).
   [[nodiscard]] weight* flat_params() const noexcept { return flat_params_; }
   [[nodiscard]] accum* flat_grads() const noexcept { return flat_grads_; }
 
-  /// Sets every gradient to zero (gradients accumulate over backward calls).
-  [[nodiscard]] status zero_grad(host_policy = {}) noexcept {
+  /// Sets every gradient to zero (gradients accumulate over backward calls); on the CUDA
+  /// backend, enqueued on the policy's stream.
+  [[nodiscard]] status zero_grad(Policy policy = {}) noexcept {
     detail::layer_impl::tensor_sizes<C> const sizes(shape_);
     for (int i = 0; i < 15; ++i) {
       accum* g = *detail::layer_impl::member(grads_, i);
       if (g != nullptr && sizes.n[i] > 0)
-        std::memset(static_cast<void*>(g), 0, static_cast<std::size_t>(sizes.n[i]) * sizeof(accum));
+        MOE_TRY(memory::zero(policy, g, static_cast<std::size_t>(sizes.n[i]) * sizeof(accum)));
     }
     return {};
   }
 
   /// Fills the parameters: weights N(0, std²) from Philox (seed, a disjoint word range per
-  /// tensor), rounded to weight_t<C>; biases 0. Allocates a float scratch of one tensor (call it
-  /// outside the steps).
+  /// tensor, independent of R), rounded to weight_t<C>; biases 0. Works on the host and copies
+  /// each tensor to the backend; allocates host scratch (call it outside the steps).
   [[nodiscard]] status init(layer_init const& in) noexcept {
     MOE_TRY(check_shape());
     if (params_.w_gate == nullptr)
@@ -394,34 +444,36 @@ class layer {
     std::uint64_t offset = 0;
     try {
       std::vector<float> scratch;
+      std::vector<weight> values;
       for (int i = 0; i < 15; ++i) {
         weight* dst = *detail::layer_impl::member(params_, i);
         std::int64_t n = sizes.n[i];
         if (dst == nullptr || n == 0) continue;
-        if (bias[i]) {
-          for (std::int64_t j = 0; j < n; ++j) dst[j] = from_float<weight>(0.0f);
-          continue;
+        values.assign(static_cast<std::size_t>(n), from_float<weight>(0.0f));
+        if (!bias[i]) {
+          bool const expert_tensor = i == 1 || i == 3;
+          // Replicated experts: draw expert 0 and copy it. Otherwise rank r draws the words a
+          // single rank would draw for its experts, so every R gives the same global weights.
+          std::int64_t const per_expert = expert_tensor ? n / El : n;
+          std::int64_t const draw = expert_tensor && in.replicate_experts ? per_expert : n;
+          scratch.resize(static_cast<std::size_t>(draw));
+          std::uint64_t const first =
+              offset + (expert_tensor && !in.replicate_experts
+                            ? 2u * static_cast<std::uint64_t>(comm_.rank()) *
+                                  static_cast<std::uint64_t>(n)
+                            : 0u);
+          MOE_TRY(fill_random(host_policy{}, random_args{.dist = distribution::normal,
+                                                         .seed = in.seed,
+                                                         .offset = first,
+                                                         .out = scratch.data(),
+                                                         .n = draw}));
+          float const sd = output[i] && in.output_std > 0.0f ? in.output_std : in.std;
+          for (std::int64_t j = 0; j < n; ++j)
+            values[static_cast<std::size_t>(j)] =
+                from_float<weight>(sd * scratch[static_cast<std::size_t>(j % draw)]);
+          offset += words_used(distribution::normal, expert_tensor ? n * shape_.ep_size : n);
         }
-        bool const expert_tensor = i == 1 || i == 3;
-        // Replicated experts: draw expert 0 and copy it; the global expert index keeps the
-        // draws of rank r's experts equal to those a single rank would make.
-        std::int64_t const per_expert = expert_tensor ? n / El : n;
-        std::int64_t const draw = expert_tensor && in.replicate_experts ? per_expert : n;
-        scratch.resize(static_cast<std::size_t>(draw));
-        std::uint64_t const first =
-            offset + (expert_tensor && !in.replicate_experts
-                          ? 2u * static_cast<std::uint64_t>(comm_.rank()) *
-                                static_cast<std::uint64_t>(n)
-                          : 0u);
-        MOE_TRY(fill_random(host_policy{}, random_args{.dist = distribution::normal,
-                                                       .seed = in.seed,
-                                                       .offset = first,
-                                                       .out = scratch.data(),
-                                                       .n = draw}));
-        float const sd = output[i] && in.output_std > 0.0f ? in.output_std : in.std;
-        for (std::int64_t j = 0; j < n; ++j)
-          dst[j] = from_float<weight>(sd * scratch[static_cast<std::size_t>(j % draw)]);
-        offset += words_used(distribution::normal, expert_tensor ? n * shape_.ep_size : n);
+        MOE_TRY(memory::upload(dst, values.data(), static_cast<std::size_t>(n) * sizeof(weight)));
       }
     } catch (std::bad_alloc const&) {
       return status::error(errc::out_of_memory, "layer init: no host memory for the scratch");
@@ -441,14 +493,15 @@ class layer {
     return p;
   }
 
-  /// Bytes of the workspace forward and backward need for problem p.
+  /// Bytes of the workspace forward and backward need for problem p (and the current options).
   [[nodiscard]] std::size_t workspace_bytes(problem const& p) const noexcept {
-    return detail::layer_impl::make_layout<C>(shape_, p).bytes;
+    return layout(p).bytes;
   }
 
-  /// The routing the last forward left in `workspace` (for statistics, e.g. load per class).
+  /// The routing the last forward left in `workspace` (for statistics, e.g. load per class);
+  /// memory of the backend.
   [[nodiscard]] layer_routing routing(problem const& p, void const* workspace) const noexcept {
-    auto const w = detail::layer_impl::make_layout<C>(shape_, p);
+    auto const w = layout(p);
     void* ws = const_cast<void*>(workspace);
     return {detail::layer_impl::at<std::int32_t>(ws, w.expert),
             detail::layer_impl::at<std::int32_t>(ws, w.slot),
@@ -457,17 +510,23 @@ class layer {
             detail::layer_impl::at<std::int32_t>(ws, w.kept)};
   }
 
-  /// Forward on the CPU: y = the layer of x. Leaves in `workspace` what backward needs.
-  [[nodiscard]] status forward(host_policy policy, problem const& p,
-                               layer_forward_args<C> const& a, void* workspace,
-                               std::size_t bytes) noexcept;
+  /// Forward: y = the layer of x. Leaves in `workspace` what backward needs. Host: returns
+  /// when done. CUDA: enqueued on policy.stream (policy's own workspace is not used: the
+  /// layer's workspace holds every op's scratch), no synchronisation.
+  [[nodiscard]] status forward(Policy policy, problem const& p, layer_forward_args<C> const& a,
+                               void* workspace, std::size_t bytes) noexcept {
+    MOE_TRY(check_call(p, workspace, bytes, "layer::forward"));
+    return layer_forward(policy, state(), p, a, workspace, layout(p));
+  }
 
-  /// Backward on the CPU: dx (overwritten) and every parameter gradient (accumulated), for the
-  /// loss whose gradient w.r.t. y is dy plus the layer's own losses (layer_stats::loss).
-  /// `workspace` must hold what forward left there, for the same problem and x.
-  [[nodiscard]] status backward(host_policy policy, problem const& p,
-                                layer_backward_args<C> const& a, void* workspace,
-                                std::size_t bytes) noexcept;
+  /// Backward: dx (overwritten) and every parameter gradient (accumulated), for the loss whose
+  /// gradient w.r.t. y is dy plus the layer's own losses (layer_stats::loss). `workspace` must
+  /// hold what forward left there, for the same problem and x.
+  [[nodiscard]] status backward(Policy policy, problem const& p, layer_backward_args<C> const& a,
+                                void* workspace, std::size_t bytes) noexcept {
+    MOE_TRY(check_call(p, workspace, bytes, "layer::backward"));
+    return layer_backward(policy, state(), p, a, workspace, layout(p));
+  }
 
  private:
   template <class W>
@@ -482,8 +541,52 @@ class layer {
     return t;
   }
 
+  detail::layer_impl::workspace_layout layout(problem const& p) const noexcept {
+    return detail::layer_impl::make_layout<C>(
+        shape_, p, detail::layer_impl::op_scratch_bytes<C>(Policy{}, shape_, options_, p));
+  }
+
+  detail::layer_impl::layer_state<C> state() const noexcept {
+    return {shape_, options_, params_, grads_, comm_.rank()};
+  }
+
   status check_call(problem const& p, void const* workspace, std::size_t bytes,
-                    char const* who) const noexcept;
+                    char const* who) const noexcept {
+    MOE_TRY(check_shape());
+    MOE_TRY(validate<C>(p));
+    if (p.hidden != shape_.hidden || p.ffn != shape_.ffn)
+      return status::error(errc::invalid_argument,
+                           "%s: problem.hidden/ffn: expected the layer's H = %lld, F = %lld, got "
+                           "%lld, %lld (use layer::make_problem)",
+                           who, static_cast<long long>(shape_.hidden),
+                           static_cast<long long>(shape_.ffn), static_cast<long long>(p.hidden),
+                           static_cast<long long>(p.ffn));
+    if (p.ep_size != shape_.ep_size || p.ep_rank != comm_.rank())
+      return status::error(errc::invalid_argument,
+                           "%s: problem.ep_size/ep_rank: expected %d/%d (the layer's), got %d/%d",
+                           who, shape_.ep_size, comm_.rank(), p.ep_size, p.ep_rank);
+    if (params_.w_gate == nullptr)
+      return status::error(errc::invalid_argument,
+                           "%s: the layer has no parameters (call bind, bind_flat or allocate)",
+                           who);
+    std::size_t const need = workspace_bytes(p);
+    if (bytes < need)
+      return status::error(errc::workspace_too_small,
+                           "%s: workspace: expected >= %zu bytes (layer::workspace_bytes), got %zu",
+                           who, need, bytes);
+    if (need > 0 && (workspace == nullptr ||
+                     reinterpret_cast<std::uintptr_t>(workspace) % memory::base_alignment != 0))
+      return status::error(errc::invalid_argument,
+                           "%s: workspace: expected a non-null, %zu-byte aligned pointer", who,
+                           memory::base_alignment);
+    return {};
+  }
+
+  struct release {
+    void operator()(void* p) const noexcept {
+      if (p != nullptr) memory::release(p);
+    }
+  };
 
   layer_shape shape_{};
   Comm comm_{};
@@ -492,8 +595,8 @@ class layer {
   layer_grads<C> grads_{};
   weight* flat_params_ = nullptr;
   accum* flat_grads_ = nullptr;
-  std::vector<weight> owned_params_;
-  std::vector<accum> owned_grads_;
+  std::unique_ptr<void, release> owned_params_;
+  std::unique_ptr<void, release> owned_grads_;
 };
 
 }  // namespace moe

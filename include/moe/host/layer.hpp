@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// moe::layer's forward and backward on the CPU (declared in moe/layer.hpp, which includes this
-// file at its end): the host ops in sequence, on regions of the caller's workspace. The dense
+// moe::layer's forward and backward on the CPU (moe/layer.hpp, which includes this file at
+// its end, calls them): the host ops in sequence, on regions of the caller's workspace. The dense
 // branches (shared experts, the PR-MoE residual MLP) are the expert FFN with one expert whose
 // rows are all T tokens. Branch outputs and dx parts are summed in accum_t<C> in a fixed
 // order and rounded once, so results do not depend on the thread count.
@@ -12,51 +12,21 @@
 
 #include "moe/layer.hpp"  // moe::layer and its argument structs
 
-namespace moe {
+namespace moe::detail::layer_impl {
 
-template <config C, class Policy, class Comm>
-status layer<C, Policy, Comm>::check_call(problem const& p, void const* workspace,
-                                          std::size_t bytes, char const* who) const noexcept {
-  MOE_TRY(check_shape());
-  MOE_TRY(validate<C>(p));
-  if (p.hidden != shape_.hidden || p.ffn != shape_.ffn)
-    return status::error(errc::invalid_argument,
-                         "%s: problem.hidden/ffn: expected the layer's H = %lld, F = %lld, got "
-                         "%lld, %lld (use layer::make_problem)",
-                         who, static_cast<long long>(shape_.hidden),
-                         static_cast<long long>(shape_.ffn), static_cast<long long>(p.hidden),
-                         static_cast<long long>(p.ffn));
-  if (p.ep_size != shape_.ep_size || p.ep_rank != comm_.rank())
-    return status::error(errc::invalid_argument,
-                         "%s: problem.ep_size/ep_rank: expected %d/%d (the layer's), got %d/%d", who,
-                         shape_.ep_size, comm_.rank(), p.ep_size, p.ep_rank);
-  if (params_.w_gate == nullptr)
-    return status::error(errc::invalid_argument,
-                         "%s: the layer has no parameters (call bind, bind_flat or allocate)", who);
-  std::size_t const need = workspace_bytes(p);
-  if (bytes < need)
-    return status::error(errc::workspace_too_small,
-                         "%s: workspace: expected >= %zu bytes (layer::workspace_bytes), got %zu",
-                         who, need, bytes);
-  if (need > 0 && (workspace == nullptr || reinterpret_cast<std::uintptr_t>(workspace) % 64 != 0))
-    return status::error(errc::invalid_argument,
-                         "%s: workspace: expected a non-null, 64-byte aligned pointer", who);
-  return {};
-}
-
-template <config C, class Policy, class Comm>
-status layer<C, Policy, Comm>::forward(host_policy policy, problem const& p,
-                                       layer_forward_args<C> const& a, void* ws,
-                                       std::size_t bytes) noexcept {
-  using namespace detail::layer_impl;
-  MOE_TRY(check_call(p, ws, bytes, "layer::forward"));
-  std::int64_t const T = p.tokens, H = shape_.hidden, E = C.experts, K = C.top_k;
-  std::int64_t const Fs = shape_.shared_ffn, Fr = shape_.residual_ffn;
+/// The layer's forward on the CPU (layer::forward has checked the problem and the workspace).
+template <config C>
+status layer_forward(host_policy policy, layer_state<C> const& self, problem const& p,
+                     layer_forward_args<C> const& a, void* ws, workspace_layout const& L) noexcept {
+  using act = act_t<C>;
+  using weight = weight_t<C>;
+  using accum = accum_t<C>;
+  std::int64_t const T = p.tokens, H = self.shape.hidden, E = C.experts, K = C.top_k;
+  std::int64_t const Fs = self.shape.shared_ffn, Fr = self.shape.residual_ffn;
   if (T > 0 && (a.x == nullptr || a.y == nullptr))
     return status::error(errc::invalid_argument,
                          "layer_forward_args.x/y: expected non-null [T, H] for T = %lld",
                          static_cast<long long>(T));
-  workspace_layout const L = make_layout<C>(shape_, p);
   auto* const logits = at<float>(ws, L.logits);
   auto* const expert = at<std::int32_t>(ws, L.expert);
   auto* const slot = at<std::int32_t>(ws, L.slot);
@@ -78,20 +48,20 @@ status layer<C, Policy, Comm>::forward(host_policy policy, problem const& p,
   if constexpr (std::is_same_v<accum, float>) {
     MOE_TRY(router_gemm(policy, p,
                         router_gemm_args<C>{.x = a.x,
-                                            .w_gate = params_.w_gate,
+                                            .w_gate = self.params.w_gate,
                                             .logits = logits,
-                                            .jitter = options_.jitter}));
+                                            .jitter = self.options.jitter}));
   } else {
     auto* const wide = at<accum>(ws, L.logits_acc);
     MOE_TRY(router_gemm(policy, p,
                         router_gemm_args<C>{.x = a.x,
-                                            .w_gate = params_.w_gate,
+                                            .w_gate = self.params.w_gate,
                                             .logits = wide,
-                                            .jitter = options_.jitter}));
+                                            .jitter = self.options.jitter}));
     for (std::int64_t i = 0; i < T * E; ++i) logits[i] = static_cast<float>(wide[i]);
   }
   // 2. Route.
-  MOE_TRY(route<C>(policy, p, options_.router,
+  MOE_TRY(route<C>(policy, p, self.options.router,
                    route_args{.logits = logits,
                               .expert = expert,
                               .weight = weight_k,
@@ -127,14 +97,14 @@ status layer<C, Policy, Comm>::forward(host_policy policy, problem const& p,
   MOE_TRY(expert_ffn(policy, expert_ffn_args<C>{.experts = E,
                                                 .rows = M,
                                                 .hidden = H,
-                                                .ffn = shape_.ffn,
+                                                .ffn = self.shape.ffn,
                                                 .offsets = offsets,
                                                 .x = xp,
-                                                .w1 = params_.w1,
-                                                .b1 = params_.b1,
-                                                .w2 = params_.w2,
-                                                .b2 = params_.b2,
-                                                .recompute = options_.recompute,
+                                                .w1 = self.params.w1,
+                                                .b1 = self.params.b1,
+                                                .w2 = self.params.w2,
+                                                .b2 = self.params.b2,
+                                                .recompute = self.options.recompute,
                                                 .y = yp,
                                                 .pre = at<act>(ws, L.pre),
                                                 .h = at<act>(ws, L.h)}));
@@ -160,17 +130,17 @@ status layer<C, Policy, Comm>::forward(host_policy policy, problem const& p,
                                                  .b1 = b1,
                                                  .w2 = w2,
                                                  .b2 = b2,
-                                                 .recompute = options_.recompute,
+                                                 .recompute = self.options.recompute,
                                                  .y = at<act>(ws, y),
                                                  .pre = at<act>(ws, pre),
                                                  .h = at<act>(ws, h)});
   };
   if (Fs > 0 && T > 0)
-    MOE_TRY(dense(Fs, params_.shared_w1, params_.shared_b1, params_.shared_w2, params_.shared_b2,
+    MOE_TRY(dense(Fs, self.params.shared_w1, self.params.shared_b1, self.params.shared_w2, self.params.shared_b2,
                   L.shared_pre, L.shared_h, L.shared_y));
   if (Fr > 0 && T > 0)
-    MOE_TRY(dense(Fr, params_.residual_w1, params_.residual_b1, params_.residual_w2,
-                  params_.residual_b2, L.res_pre, L.res_h, L.res_y));
+    MOE_TRY(dense(Fr, self.params.residual_w1, self.params.residual_b1, self.params.residual_w2,
+                  self.params.residual_b2, L.res_pre, L.res_h, L.res_y));
   // 8. y = c0 · (y_moe + shared) + c1 · mlp, or y_moe + shared, in accum_t<C>, rounded once.
   act const* const shared_y = Fs > 0 ? at<act>(ws, L.shared_y) : nullptr;
   act const* const res_y = Fr > 0 ? at<act>(ws, L.res_y) : nullptr;
@@ -180,10 +150,10 @@ status layer<C, Policy, Comm>::forward(host_policy policy, problem const& p,
     if (res_y != nullptr) {
       accum z[2];
       for (int j = 0; j < 2; ++j) {
-        accum s = static_cast<accum>(to_float(params_.coef_b[j]));
+        accum s = static_cast<accum>(to_float(self.params.coef_b[j]));
         for (std::int64_t h = 0; h < H; ++h)
           s += static_cast<accum>(to_float(a.x[t * H + h])) *
-               static_cast<accum>(to_float(params_.coef_w[j * H + h]));
+               static_cast<accum>(to_float(self.params.coef_w[j * H + h]));
         z[j] = s;
       }
       accum const m = z[0] > z[1] ? z[0] : z[1];
@@ -206,25 +176,25 @@ status layer<C, Policy, Comm>::forward(host_policy policy, problem const& p,
     a.stats->route = *st;
     a.stats->loss = static_cast<double>(p.aux_loss_coef) * st->aux_loss +
                     static_cast<double>(p.z_loss_coef) * st->z_loss +
-                    static_cast<double>(options_.router.seq_aux_loss_coef) * st->seq_aux_loss;
+                    static_cast<double>(self.options.router.seq_aux_loss_coef) * st->seq_aux_loss;
   }
   return {};
 }
 
-template <config C, class Policy, class Comm>
-status layer<C, Policy, Comm>::backward(host_policy policy, problem const& p,
-                                        layer_backward_args<C> const& a, void* ws,
-                                        std::size_t bytes) noexcept {
-  using namespace detail::layer_impl;
-  MOE_TRY(check_call(p, ws, bytes, "layer::backward"));
-  std::int64_t const T = p.tokens, H = shape_.hidden, E = C.experts, K = C.top_k;
-  std::int64_t const Fs = shape_.shared_ffn, Fr = shape_.residual_ffn;
+/// The layer's backward on the CPU.
+template <config C>
+status layer_backward(host_policy policy, layer_state<C> const& self, problem const& p,
+                      layer_backward_args<C> const& a, void* ws, workspace_layout const& L) noexcept {
+  using act = act_t<C>;
+  using weight = weight_t<C>;
+  using accum = accum_t<C>;
+  std::int64_t const T = p.tokens, H = self.shape.hidden, E = C.experts, K = C.top_k;
+  std::int64_t const Fs = self.shape.shared_ffn, Fr = self.shape.residual_ffn;
   if (T > 0 && (a.x == nullptr || a.dy == nullptr || a.dx == nullptr))
     return status::error(errc::invalid_argument,
                          "layer_backward_args.x/dy/dx: expected non-null [T, H] for T = %lld",
                          static_cast<long long>(T));
   if (T == 0) return {};
-  workspace_layout const L = make_layout<C>(shape_, p);
   auto* const offsets = at<std::int64_t>(ws, L.offsets);
   auto* const row_of = at<std::int32_t>(ws, L.row_of);
   auto* const source_of = at<std::int32_t>(ws, L.source_of);
@@ -287,22 +257,22 @@ status layer<C, Policy, Comm>::backward(host_policy policy, problem const& p,
   MOE_TRY(expert_ffn_backward(policy, expert_ffn_backward_args<C>{.experts = E,
                                                                   .rows = M,
                                                                   .hidden = H,
-                                                                  .ffn = shape_.ffn,
+                                                                  .ffn = self.shape.ffn,
                                                                   .offsets = offsets,
                                                                   .x = at<act>(ws, L.xp),
-                                                                  .w1 = params_.w1,
-                                                                  .b1 = params_.b1,
-                                                                  .w2 = params_.w2,
-                                                                  .recompute = options_.recompute,
+                                                                  .w1 = self.params.w1,
+                                                                  .b1 = self.params.b1,
+                                                                  .w2 = self.params.w2,
+                                                                  .recompute = self.options.recompute,
                                                                   .dy = d_o,
                                                                   .pre = at<act>(ws, L.pre),
                                                                   .h = at<act>(ws, L.h),
                                                                   .d_pre = at<act>(ws, L.d_pre),
                                                                   .dx = dxp,
-                                                                  .dw1 = grads_.w1,
-                                                                  .db1 = grads_.b1,
-                                                                  .dw2 = grads_.w2,
-                                                                  .db2 = grads_.b2,
+                                                                  .dw1 = self.grads.w1,
+                                                                  .db1 = self.grads.b1,
+                                                                  .dw2 = self.grads.w2,
+                                                                  .db2 = self.grads.b2,
                                                                   .accumulate = true}));
   MOE_TRY(permute_backward(policy, permute_backward_args<act>{.d_out = dxp,
                                                               .row_of = row_of,
@@ -315,7 +285,7 @@ status layer<C, Policy, Comm>::backward(host_policy policy, problem const& p,
 
   // Router: route backward (weights' gradient plus the losses') → router GEMM backward.
   auto* const d_logits = at<float>(ws, L.d_logits);
-  MOE_TRY(route_backward<C>(policy, p, options_.router,
+  MOE_TRY(route_backward<C>(policy, p, self.options.router,
                             route_backward_args{.logits = at<float>(ws, L.logits),
                                                 .expert = at<std::int32_t>(ws, L.expert),
                                                 .slot = at<std::int32_t>(ws, L.slot),
@@ -331,11 +301,11 @@ status layer<C, Policy, Comm>::backward(host_policy policy, problem const& p,
   }
   MOE_TRY(router_gemm_backward(policy, p,
                                router_gemm_backward_args<C>{.x = a.x,
-                                                            .w_gate = params_.w_gate,
+                                                            .w_gate = self.params.w_gate,
                                                             .d_logits = d_logits_acc,
                                                             .dx = dx_a,
-                                                            .d_w_gate = grads_.w_gate,
-                                                            .jitter = options_.jitter}));
+                                                            .d_w_gate = self.grads.w_gate,
+                                                            .jitter = self.options.jitter}));
   add_dx(dx_a, false);
 
   // Dense branches.
@@ -351,7 +321,7 @@ status layer<C, Policy, Comm>::backward(host_policy policy, problem const& p,
                                                                    .w1 = w1,
                                                                    .b1 = b1,
                                                                    .w2 = w2,
-                                                                   .recompute = options_.recompute,
+                                                                   .recompute = self.options.recompute,
                                                                    .dy = dy,
                                                                    .pre = at<act>(ws, pre),
                                                                    .h = at<act>(ws, h),
@@ -365,35 +335,35 @@ status layer<C, Policy, Comm>::backward(host_policy policy, problem const& p,
                                                                    .accumulate = true});
   };
   if (Fs > 0) {
-    MOE_TRY(dense(Fs, params_.shared_w1, params_.shared_b1, params_.shared_w2, d_moe,
-                  L.shared_pre, L.shared_h, grads_.shared_w1, grads_.shared_b1, grads_.shared_w2,
-                  grads_.shared_b2));
+    MOE_TRY(dense(Fs, self.params.shared_w1, self.params.shared_b1, self.params.shared_w2, d_moe,
+                  L.shared_pre, L.shared_h, self.grads.shared_w1, self.grads.shared_b1, self.grads.shared_w2,
+                  self.grads.shared_b2));
     add_dx(dx_a, false);
   }
   if (Fr > 0) {
-    MOE_TRY(dense(Fr, params_.residual_w1, params_.residual_b1, params_.residual_w2,
-                  at<act>(ws, L.d_res), L.res_pre, L.res_h, grads_.residual_w1,
-                  grads_.residual_b1, grads_.residual_w2, grads_.residual_b2));
+    MOE_TRY(dense(Fr, self.params.residual_w1, self.params.residual_b1, self.params.residual_w2,
+                  at<act>(ws, L.d_res), L.res_pre, L.res_h, self.grads.residual_w1,
+                  self.grads.residual_b1, self.grads.residual_w2, self.grads.residual_b2));
     add_dx(dx_a, false);
     // The coefficients' linear layer: dW_c[j] += Σ_t dz[t, j] x[t], db_c += Σ_t dz, dx += dz·W_c.
     backend::host::for_each_row(policy.threads, 2 * H + 2, [&](std::int64_t i) {
       if (i < 2 * H) {
         std::int64_t const j = i / H, h = i % H;
-        accum s = grads_.coef_w[i];
+        accum s = self.grads.coef_w[i];
         for (std::int64_t t = 0; t < T; ++t)
           s += dcoef[2 * t + j] * static_cast<accum>(to_float(a.x[t * H + h]));
-        grads_.coef_w[i] = s;
+        self.grads.coef_w[i] = s;
       } else {
         std::int64_t const j = i - 2 * H;
-        accum s = grads_.coef_b[j];
+        accum s = self.grads.coef_b[j];
         for (std::int64_t t = 0; t < T; ++t) s += dcoef[2 * t + j];
-        grads_.coef_b[j] = s;
+        self.grads.coef_b[j] = s;
       }
     });
     backend::host::for_each_row(policy.threads, T, [&](std::int64_t t) {
       for (std::int64_t h = 0; h < H; ++h)
-        dx_sum[t * H + h] += dcoef[2 * t] * static_cast<accum>(to_float(params_.coef_w[h])) +
-                             dcoef[2 * t + 1] * static_cast<accum>(to_float(params_.coef_w[H + h]));
+        dx_sum[t * H + h] += dcoef[2 * t] * static_cast<accum>(to_float(self.params.coef_w[h])) +
+                             dcoef[2 * t + 1] * static_cast<accum>(to_float(self.params.coef_w[H + h]));
     });
   }
   backend::host::for_each_row(policy.threads, T, [&](std::int64_t t) {
@@ -402,4 +372,4 @@ status layer<C, Policy, Comm>::backward(host_policy policy, problem const& p,
   return {};
 }
 
-}  // namespace moe
+}  // namespace moe::detail::layer_impl
