@@ -104,6 +104,10 @@ struct layer_forward_args {
   act_t<C>* y = nullptr;              ///< [T, H] out
   layer_stats* stats = nullptr;       ///< [1] out, optional
   std::int32_t* counts = nullptr;     ///< [E] out, optional: routes per expert before drops
+  /// [1] out, optional: the router's lowest flat index t·E + e of a non-finite logit, or -1
+  /// (route_args::bad_logit). The host also returns a status naming it; the CUDA backend
+  /// cannot without synchronising, so this word is how it tells.
+  std::int64_t* bad_logit = nullptr;
 };
 
 /// Arguments of layer::backward: the forward's input again, and the gradient of its output.
@@ -270,8 +274,8 @@ struct layer_state {
   std::int32_t rank = 0;
 };
 
-/// How a backend allocates, clears and fills the layer's own memory (host: below; CUDA:
-/// moe/cuda/layer.cuh).
+/// How a backend allocates, clears and fills the layer's own memory, and how much scratch its
+/// ops need inside the workspace (host: below; CUDA: moe/cuda/layer.cuh).
 template <class Policy>
 struct layer_memory;
 
@@ -293,14 +297,12 @@ struct layer_memory<host_policy> {
     return {};
   }
   static constexpr std::size_t base_alignment = 64;
+  /// The backend ops' scratch inside the layer's workspace: none on the host.
+  template <config C>
+  static std::size_t op_scratch(layer_shape const&, layer_options const&, problem const&) noexcept {
+    return 0;
+  }
 };
-
-/// The backend ops' scratch inside the layer's workspace: none on the host.
-template <config C>
-std::size_t op_scratch_bytes(host_policy, layer_shape const&, layer_options const&,
-                             problem const&) noexcept {
-  return 0;
-}
 
 }  // namespace detail::layer_impl
 
@@ -542,8 +544,8 @@ class layer {
   }
 
   detail::layer_impl::workspace_layout layout(problem const& p) const noexcept {
-    return detail::layer_impl::make_layout<C>(
-        shape_, p, detail::layer_impl::op_scratch_bytes<C>(Policy{}, shape_, options_, p));
+    return detail::layer_impl::make_layout<C>(shape_, p,
+                                              memory::template op_scratch<C>(shape_, options_, p));
   }
 
   detail::layer_impl::layer_state<C> state() const noexcept {

@@ -70,7 +70,7 @@ status layer_forward(host_policy policy, layer_state<C> const& self, problem con
                               .kept = kept,
                               .scores = nullptr,
                               .stats = st,
-                              .bad_logit = nullptr}));
+                              .bad_logit = a.bad_logit}));
   // 3. Plan (compact layout, no padding), 4. permute.
   MOE_TRY(plan(policy, plan_args{.layout = plan_layout::compact,
                                  .tokens = T,
