@@ -4,11 +4,16 @@
 // K up to 8: experts, slots, counts, kept, capacity, dropped and max load bitwise; weights and
 // scores bitwise too (the kernel runs the host's fp32 arithmetic); aux and z losses (double
 // sums in another fixed order, and the device's log), and the sequence-level loss, within
-// 1e-5 relative.
+// 1e-5 relative. route_backward on the GPU against the host's on the same decisions (the host
+// forward's experts and slots) for the configs above plus K = 8 without renormalisation:
+// d_logits within 1e-5 relative + 1e-7 absolute (both are double computations rounded to fp32
+// once; they differ only in summation order and the device's exp/log, i.e. ~1e-16 relative
+// before the rounding), and bitwise equal between two device runs.
 #include <cmath>    // std::fabs, std::round
 #include <cstdint>  // std::int32_t, std::int64_t
 #include <cstring>  // std::memcmp
 #include <random>   // std::mt19937_64, std::normal_distribution
+#include <string>   // std::string
 #include <vector>   // std::vector
 
 #include "common.cuh"
@@ -360,4 +365,181 @@ TEST_CASE("route(cuda): unsupported sizes and bad arguments come back as a statu
   if (moe::backend::cuda::device_count() == 0) return;  // the workspace query asks CUB
   CHECK(moe::route<switch8>(moe::cuda_on(nullptr), p, {}, a).code() ==
         moe::errc::workspace_too_small);
+}
+
+// ---- route_backward ------------------------------------------------------------------------
+
+namespace {
+
+constexpr moe::config k8_pos{.experts = 64, .top_k = 8, .capacity_factor = {1, 1}};
+
+struct backward_case {
+  std::int64_t tokens = 0;
+  std::int64_t seq_len = 0;
+  float weight_scale = 1.0f;
+  std::int32_t min_capacity = 0;  // 0: capacity configs drop routes
+  bool coefs = true;              // aux 0.1, z 0.01, seq 0.05 (else all 0)
+  bool sampled = false;           // gumbel_top1 / sample_second where the config allows
+  bool bias = false;              // expert_bias (native only)
+};
+
+template <moe::config C>
+void backward_vs_host(backward_case const& c, std::uint64_t seed) {
+  constexpr std::int32_t E = C.experts;
+  constexpr std::int32_t K = C.top_k;
+  constexpr bool is_ds = C.compat == moe::router_compat::deepspeed;
+  std::int64_t const T = c.tokens;
+  auto const TE = static_cast<std::size_t>(T * E);
+  auto const TK = static_cast<std::size_t>(T * K);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::uniform_real_distribution<float> unif(0.0f, 1.0f);
+  std::uniform_real_distribution<float> sym(-1.0f, 1.0f);
+  std::vector<float> logits(TE), gumbel(TE), prio(TE), bias(static_cast<std::size_t>(E)), dw(TK);
+  for (float& v : logits) v = normal(rng);
+  for (float& v : gumbel) v = -std::log(-std::log(unif(rng) * 0.999f + 0.0005f));
+  for (float& v : prio) v = unif(rng);
+  for (float& v : bias) v = normal(rng) * 0.01f;
+  for (float& v : dw) v = sym(rng);
+
+  moe::problem p;
+  p.tokens = T;
+  p.training = true;
+  p.min_capacity = c.min_capacity;
+  p.seed = seed;
+  p.aux_loss_coef = c.coefs ? 0.1f : 0.0f;
+  p.z_loss_coef = c.coefs ? 0.01f : 0.0f;
+  moe::router_options o;
+  o.weight_scale = c.weight_scale;
+  o.seq_len = c.seq_len;
+  o.seq_aux_loss_coef = c.coefs && c.seq_len > 0 ? 0.05f : 0.0f;
+  o.gumbel_top1 = c.sampled && (!is_ds || K == 1);
+  o.sample_second = c.sampled && (is_ds ? K == 2 : K >= 2);
+  o.gumbel = gumbel.data();
+  o.rts_priority = prio.data();
+  if (c.bias && !is_ds) o.expert_bias = bias.data();
+
+  // The decisions: the host forward.
+  std::vector<std::int32_t> expert(TK), slot(TK), counts(E), kept(E);
+  std::vector<float> weight(TK);
+  moe::route_stats stats;
+  MOE_REQUIRE_OK(moe::route<C>(moe::host, p, o,
+                               {.logits = logits.data(), .expert = expert.data(),
+                                .weight = weight.data(), .slot = slot.data(),
+                                .counts = counts.data(), .kept = kept.data(), .stats = &stats}));
+  std::vector<float> h_dl(TE, -7.0f);
+  MOE_REQUIRE_OK(moe::route_backward<C>(
+      moe::host, p, o,
+      {.logits = logits.data(), .expert = expert.data(), .slot = slot.data(),
+       .d_weight = dw.data(), .d_logits = h_dl.data()}));
+
+  moe::test::device_vector<float> d_logits(TE), d_dw(TK), d_dl(TE);
+  moe::test::device_vector<std::int32_t> d_expert(TK), d_slot(TK);
+  if (T > 0) {
+    d_logits.upload(logits);
+    d_dw.upload(dw);
+    d_expert.upload(expert);
+    d_slot.upload(slot);
+  }
+  moe::router_options od = o;  // the backward reads no noise or bias: null them
+  od.gumbel = od.rts_priority = od.expert_bias = nullptr;
+  std::size_t const ws_bytes = moe::route_backward_workspace_bytes<C>(p, od);
+  CHECK((ws_bytes > 0) == (T > 0));
+  moe::test::device_vector<unsigned char> ws(ws_bytes);
+  moe::route_backward_args const b{.logits = d_logits.data(), .expert = d_expert.data(),
+                                   .slot = d_slot.data(), .d_weight = d_dw.data(),
+                                   .d_logits = d_dl.data()};
+  MOE_REQUIRE_OK(moe::route_backward<C>(moe::cuda_on(nullptr, ws.data(), ws_bytes), p, od, b));
+  MOE_REQUIRE_CUDA(cudaDeviceSynchronize());
+  if (T == 0) return;
+  std::vector<float> const first = d_dl.download();
+  MOE_REQUIRE_OK(moe::route_backward<C>(moe::cuda_on(nullptr, ws.data(), ws_bytes), p, od, b));
+  MOE_REQUIRE_CUDA(cudaDeviceSynchronize());
+  std::vector<float> const again = d_dl.download();
+
+  INFO("E " << E << " K " << K << " T " << T << " seq_len " << c.seq_len << " scale "
+            << c.weight_scale << " coefs " << c.coefs << " sampled " << c.sampled << " seed "
+            << seed << " dropped " << stats.dropped);
+  CHECK(bit_mismatches(first, again) == 0);  // deterministic run to run
+  double worst = 0.0;
+  std::size_t worst_i = 0;
+  for (std::size_t i = 0; i < TE; ++i) {
+    double const h = h_dl[i];
+    double const err = std::fabs(static_cast<double>(first[i]) - h) / (1e-5 * std::fabs(h) + 1e-7);
+    if (err > worst) {
+      worst = err;
+      worst_i = i;
+    }
+  }
+  INFO("worst at " << worst_i << ": device " << first[worst_i] << " host " << h_dl[worst_i]);
+  CHECK(worst <= 1.0);
+}
+
+template <moe::config C>
+void backward_sweep(std::uint64_t seed) {
+  std::vector<backward_case> cases;
+  for (std::int64_t T : {std::int64_t{0}, std::int64_t{1}, std::int64_t{37}, std::int64_t{1000}})
+    cases.push_back({.tokens = T});
+  cases.push_back({.tokens = 4133, .min_capacity = 4});
+  cases.push_back({.tokens = 777, .weight_scale = 2.5f, .sampled = true, .bias = true});
+  cases.push_back({.tokens = 1000, .seq_len = 100});
+  cases.push_back({.tokens = 777, .seq_len = 1});
+  cases.push_back({.tokens = 1000, .coefs = false});
+  for (backward_case const& c : cases) backward_vs_host<C>(c, seed++);
+}
+
+}  // namespace
+
+TEST_CASE("route_backward(cuda) == route_backward(host): native configs") {
+  if (moe::backend::cuda::device_count() == 0) return;
+  backward_sweep<switch8>(5100);
+  backward_sweep<top2_pos>(5200);
+  backward_sweep<top2_prob>(5300);
+  backward_sweep<top2_rts>(5400);
+  backward_sweep<mixtral>(5500);
+  backward_sweep<dsv3>(5600);
+  backward_sweep<sig_topk_prob>(5700);
+  backward_sweep<groups_of_one>(5800);
+  backward_sweep<k8_pos>(5900);
+  backward_sweep<e512_k8>(6000);
+  backward_sweep<e512_k1_prob>(6100);
+  backward_sweep<e160_k6_rts>(6200);
+}
+
+TEST_CASE("route_backward(cuda) == route_backward(host): deepspeed configs") {
+  if (moe::backend::cuda::device_count() == 0) return;
+  backward_sweep<ds_top1>(7100);
+  backward_sweep<ds_top1_rts>(7200);
+  backward_sweep<ds_top1_dropless>(7300);
+  backward_sweep<ds_top2>(7400);
+  backward_sweep<ds_top2_e3>(7500);
+  backward_sweep<ds_topk_probs>(7600);
+  backward_sweep<ds_topk_pos>(7700);
+}
+
+TEST_CASE("route_backward(cuda): T = 0, bad arguments and a short workspace come back as a status") {
+  moe::problem p;
+  p.tokens = 0;
+  CHECK(moe::route_backward<top2_pos>(moe::cuda_on(nullptr), p, {}, {}).ok());  // no-op
+  CHECK(moe::route_backward_workspace_bytes<top2_pos>(p) == 0);
+  p.tokens = 4;
+  float f[32] = {};
+  std::int32_t i[8] = {};
+  moe::route_backward_args const good{.logits = f, .expert = i, .slot = i, .d_weight = f,
+                                      .d_logits = f + 16};
+  moe::route_backward_args bad = good;
+  bad.d_logits = nullptr;
+  moe::status const s = moe::route_backward<top2_pos>(moe::cuda_on(nullptr), p, {}, bad);
+  CHECK(s.code() == moe::errc::invalid_argument);
+  CHECK(std::string(s.message()) == "route_backward_args.d_logits: expected non-null");
+  moe::router_options o;
+  o.seq_len = 3;  // 4 % 3 != 0
+  CHECK(moe::route_backward<top2_pos>(moe::cuda_on(nullptr), p, o, good).code() ==
+        moe::errc::invalid_argument);
+  CHECK(moe::route_backward_workspace_bytes<top2_pos>(p, o) == 0);
+  std::size_t const need = moe::route_backward_workspace_bytes<top2_pos>(p);
+  CHECK(need > 0);
+  moe::status const w = moe::route_backward<top2_pos>(moe::cuda_on(nullptr, nullptr, need - 1),
+                                                      p, {}, good);
+  CHECK(w.code() == moe::errc::workspace_too_small);
 }

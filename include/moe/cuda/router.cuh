@@ -20,6 +20,10 @@
 // backend writes it. Not implemented: the scan of the noise tensors and expert_bias. With
 // non-finite inputs the outputs are unspecified, but every chosen expert is a valid index, so
 // nothing is written out of bounds.
+//
+// route_backward (CUDA): route_backward_count_kernel (aux-loss counts per expert, integer
+// histograms), route_backward_seq_count_kernel (per-sequence counts, seq_len > 0), then
+// route_backward_kernel, a warp per token in double — the host's function, within rounding.
 #pragma once
 
 #include <cstddef>  // std::size_t
@@ -281,6 +285,115 @@ template <config C>
                                                     chunks, T, E, K, ds && K == 2, seqval,
                                                     sequences, a.stats);
   return check_launch(stream, "route_loss_final_kernel");
+}
+
+namespace detail::routing {
+
+/// The workspace of a CUDA route_backward call: the aux-loss counts [E], then the counts of
+/// every sequence [T / L, E] when options.seq_len > 0 (int32 each, 256-byte aligned).
+struct cuda_route_backward_layout {
+  std::size_t counts = 0, seq_counts = 0, total = 0;
+  std::int64_t sequences = 0;
+};
+
+template <config C>
+cuda_route_backward_layout cuda_route_backward_layout_of(problem const& p,
+                                                         router_options const& o) noexcept {
+  cuda_route_backward_layout L;
+  if (p.tokens <= 0) return L;  // nothing to do, nothing needed
+  L.sequences = o.seq_len > 0 ? p.tokens / o.seq_len : 0;
+  L.counts = 0;
+  L.seq_counts = cuda_align_up(C.experts * sizeof(std::int32_t));
+  L.total = L.seq_counts + cuda_align_up(static_cast<std::size_t>(L.sequences) *
+                                         static_cast<std::size_t>(C.experts) *
+                                         sizeof(std::int32_t));
+  return L;
+}
+
+}  // namespace detail::routing
+
+/// Bytes of device workspace route_backward(cuda_on(stream, ws, bytes), ...) needs: E counts,
+/// plus (T / seq_len)·E counts when opt.seq_len > 0; 0 for T = 0 (or invalid sizes).
+template <config C>
+std::size_t route_backward_workspace_bytes(problem const& p,
+                                           router_options const& opt = {}) noexcept {
+  if (p.tokens <= 0 || opt.seq_len < 0 || (opt.seq_len > 0 && p.tokens % opt.seq_len != 0))
+    return 0;
+  return detail::routing::cuda_route_backward_layout_of<C>(p, opt).total;
+}
+
+/// d_logits [T, E] of route on the device (see route_backward_args for the loss), enqueued on
+/// policy.stream without synchronising; all pointers are device memory. The same function as
+/// the host backend's, computed in double: scores recomputed from the logits, decisions (the
+/// forward's experts and slots) held fixed. Workspace: route_backward_workspace_bytes(p, opt).
+/// Unlike the host, the inputs are not scanned (that would need a synchronisation): with a
+/// non-finite logit or d_weight, an expert outside [0, E) or a slot below -1 the output is
+/// unspecified, but nothing is read or written out of bounds.
+/// @param p      the forward's problem (T, aux_loss_coef, z_loss_coef)
+/// @param opt    the forward's options (weight_scale, seq_len, seq_aux_loss_coef are read)
+/// @param a      logits [T, E], expert, slot, d_weight [T, K] in; d_logits [T, E] out
+template <config C>
+[[nodiscard]] status route_backward(cuda_policy policy, problem const& p, router_options const& opt,
+                                    route_backward_args const& a) noexcept {
+  static_assert(check<C>());
+  using namespace backend::cuda;
+  constexpr std::int32_t E = C.experts;
+  constexpr std::int32_t K = C.top_k;
+  constexpr bool ds = C.compat == router_compat::deepspeed;
+  MOE_TRY(detail::routing::check<C>(p, opt, a));
+  std::int64_t const T = p.tokens;
+  if (T * static_cast<std::int64_t>(K) > INT32_MAX)  // the counts are int32
+    return status::error(errc::unsupported_config,
+                         "route_backward(cuda): T * K = %lld routes exceeds 2^31 - 1",
+                         static_cast<long long>(T * K));
+  if (T == 0) return {};
+  detail::routing::cuda_route_backward_layout const L =
+      detail::routing::cuda_route_backward_layout_of<C>(p, opt);
+  if (policy.workspace_bytes < L.total || policy.workspace == nullptr)
+    return status::error(errc::workspace_too_small,
+                         "cuda_policy.workspace_bytes: route_backward needs %zu bytes "
+                         "(route_backward_workspace_bytes), got %zu",
+                         L.total, policy.workspace_bytes);
+  if (reinterpret_cast<std::uintptr_t>(policy.workspace) % detail::routing::cuda_ws_align != 0)
+    return status::error(errc::invalid_argument,
+                         "cuda_policy.workspace: expected %zu-byte alignment (cudaMalloc's)",
+                         detail::routing::cuda_ws_align);
+  cudaStream_t const stream = policy.stream;
+  char* const ws = static_cast<char*>(policy.workspace);
+  auto* const counts = reinterpret_cast<std::int32_t*>(ws + L.counts);
+  auto* const seq_counts = reinterpret_cast<std::int32_t*>(ws + L.seq_counts);
+
+  constexpr unsigned block = 256;
+  std::int64_t const R = T * K;
+  MOE_CUDA_TRY(cudaMemsetAsync(counts, 0, E * sizeof(std::int32_t), stream));
+  route_backward_count_kernel<><<<grid_for(R, block * 8), block, 0, stream>>>(
+      a.expert, R, K, E, ds && K == 2, counts);
+  MOE_TRY(check_launch(stream, "route_backward_count_kernel"));
+  if (L.sequences > 0) {
+    unsigned const grid =
+        static_cast<unsigned>(L.sequences < 65535 * 8 ? L.sequences : 65535 * 8);
+    route_backward_seq_count_kernel<><<<grid, block, 0, stream>>>(a.expert, L.sequences,
+                                                                  opt.seq_len, K, E, seq_counts);
+    MOE_TRY(check_launch(stream, "route_backward_seq_count_kernel"));
+  }
+  route_backward_params bp;
+  bp.logits = a.logits;
+  bp.expert = a.expert;
+  bp.slot = a.slot;
+  bp.d_weight = a.d_weight;
+  bp.d_logits = a.d_logits;
+  bp.counts = counts;
+  bp.seq_counts = L.sequences > 0 ? seq_counts : nullptr;
+  bp.tokens = T;
+  bp.seq_len = opt.seq_len;
+  bp.aux_coef = p.aux_loss_coef;
+  bp.z_coef = p.z_loss_coef;
+  bp.seq_coef = opt.seq_aux_loss_coef;
+  bp.weight_scale = opt.weight_scale;
+  constexpr int warps = route_backward_warps<E>;
+  route_backward_kernel<E, K, route_flags_of<C>>
+      <<<grid_for((T + warps - 1) / warps, 1), 32 * warps, 0, stream>>>(bp);
+  return check_launch(stream, "route_backward_kernel");
 }
 
 }  // namespace moe

@@ -13,8 +13,12 @@
 // rank test against C, and — for the policies that number survivors in token order — a second
 // stable sort by (expert, dropped). Counts use integer atomics (order-free, so deterministic);
 // the loss sums are fixed-order reductions in double (per-chunk partials, then chunk order).
+//
+// route_backward (at the end of this file) is a warp per token too, in double, with the
+// per-expert counts of the aux and sequence-level losses counted first by integer histograms.
 #pragma once
 
+#include <cfloat>   // FLT_MIN
 #include <cstdint>  // std::int32_t, std::int64_t, std::uint32_t, std::uint64_t
 
 #include "moe/config.hpp"
@@ -532,6 +536,258 @@ __global__ void route_loss_final_kernel(double const* __restrict__ partial,
     for (std::int64_t q = 0; q < sequences; ++q) seq += seqval[q];
     stats->seq_aux_loss = sequences > 0 ? static_cast<float>(seq / static_cast<double>(sequences))
                                         : 0.0f;
+  }
+}
+
+// ---- route_backward ---------------------------------------------------------------------------
+// The host's route_backward (moe/host/router.hpp) per token, a warp per token: the row's softmax
+// (and sigmoid) recomputed in double into per-warp shared rows, the balance-loss gradient through
+// p, the K routes' gradient (lanes k < K, one route each) back through the scale, the
+// renormalisation and the gates, scattered onto the expert rows by lane 0 in choice order, then
+// the softmax/sigmoid Jacobian and the z-loss. Every reduction is a per-lane sum in index order
+// folded by a fixed xor butterfly, so the result is bitwise reproducible run to run (it equals
+// the host's within double rounding, not bit for bit: the host sums in plain index order).
+
+/// Routes per expert, counted from the forward's experts: all K choices, or only the first
+/// (first_only, DeepSpeed top-2's aux loss). Block histograms in shared memory, then integer
+/// atomics into `counts` (zeroed before): order-free, so deterministic. Experts outside
+/// [0, experts) are skipped (the host rejects them; here the output is then unspecified).
+template <int = 0>
+__global__ void route_backward_count_kernel(std::int32_t const* __restrict__ expert,
+                                            std::int64_t routes, std::int32_t top_k,
+                                            std::int32_t experts, bool first_only,
+                                            std::int32_t* __restrict__ counts) {
+  __shared__ std::int32_t hist[max_experts];
+  for (std::int32_t e = static_cast<std::int32_t>(threadIdx.x); e < experts;
+       e += static_cast<std::int32_t>(blockDim.x))
+    hist[e] = 0;
+  __syncthreads();
+  std::int64_t const stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       r < routes; r += stride) {
+    std::int32_t const e = expert[r];
+    if (e >= 0 && e < experts && (!first_only || r % top_k == 0)) atomicAdd(hist + e, 1);
+  }
+  __syncthreads();
+  for (std::int32_t e = static_cast<std::int32_t>(threadIdx.x); e < experts;
+       e += static_cast<std::int32_t>(blockDim.x))
+    if (hist[e] != 0) atomicAdd(counts + e, hist[e]);
+}
+
+/// seq_counts[q, e] = routes of sequence q (tokens [q·L, (q+1)·L)) on expert e, all K choices:
+/// a block per sequence (grid-stride), a shared histogram, every entry written.
+template <int = 0>
+__global__ void route_backward_seq_count_kernel(std::int32_t const* __restrict__ expert,
+                                                std::int64_t sequences, std::int64_t seq_len,
+                                                std::int32_t top_k, std::int32_t experts,
+                                                std::int32_t* __restrict__ seq_counts) {
+  __shared__ std::int32_t hist[max_experts];
+  for (std::int64_t q = blockIdx.x; q < sequences; q += gridDim.x) {
+    for (std::int32_t e = static_cast<std::int32_t>(threadIdx.x); e < experts;
+         e += static_cast<std::int32_t>(blockDim.x))
+      hist[e] = 0;
+    __syncthreads();
+    std::int32_t const* const ex = expert + q * seq_len * top_k;
+    for (std::int64_t r = threadIdx.x; r < seq_len * top_k; r += blockDim.x) {
+      std::int32_t const e = ex[r];
+      if (e >= 0 && e < experts) atomicAdd(hist + e, 1);
+    }
+    __syncthreads();
+    for (std::int32_t e = static_cast<std::int32_t>(threadIdx.x); e < experts;
+         e += static_cast<std::int32_t>(blockDim.x))
+      seq_counts[q * experts + e] = hist[e];
+    __syncthreads();  // the histogram is reused by the next sequence
+  }
+}
+
+/// Everything route_backward_kernel reads and writes (device pointers).
+struct route_backward_params {
+  float const* logits = nullptr;             // [T, E]
+  std::int32_t const* expert = nullptr;      // [T, K]
+  std::int32_t const* slot = nullptr;        // [T, K]
+  float const* d_weight = nullptr;           // [T, K]
+  float* d_logits = nullptr;                 // [T, E] out
+  std::int32_t const* counts = nullptr;      // [E] aux-loss counts (route_backward_count_kernel)
+  std::int32_t const* seq_counts = nullptr;  // [T / L, E] or null (no sequence-level loss)
+  std::int64_t tokens = 0;
+  std::int64_t seq_len = 0;
+  float aux_coef = 0.0f;
+  float z_coef = 0.0f;
+  float seq_coef = 0.0f;
+  float weight_scale = 1.0f;
+};
+
+/// Warps per block of route_backward_kernel: its shared rows are per warp (up to three rows of
+/// E doubles, 24 KiB at E = 1024 with one warp).
+template <int E>
+inline constexpr int route_backward_warps = E > 512 ? 1 : E > 256 ? 2 : 4;
+
+__device__ __forceinline__ double route_warp_sum(double v) {
+#pragma unroll
+  for (int m = 16; m >= 1; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
+  return v;
+}
+
+__device__ __forceinline__ double route_warp_max(double v) {
+#pragma unroll
+  for (int m = 16; m >= 1; m /= 2) {
+    double const o = __shfl_xor_sync(0xffffffffu, v, m);
+    v = o > v ? o : v;
+  }
+  return v;
+}
+
+template <int E, int K, unsigned F>
+__global__ void __launch_bounds__(32 * route_backward_warps<E>)
+    route_backward_kernel(route_backward_params p) {
+  constexpr int W = route_backward_warps<E>;
+  constexpr bool ds = (F & route_ds) != 0u;
+  constexpr bool sigmoid = !ds && (F & route_softmax) == 0u;
+  constexpr bool k_softmax = !ds && (F & route_topk_then) != 0u && (F & route_softmax) != 0u;
+  constexpr bool renorm_native = !ds && (F & route_renorm) != 0u;
+  constexpr bool renorm = renorm_native || (ds && K > 1);  // w = a / max(Σ a, floor)
+  constexpr bool ds2 = ds && K == 2;                       // aux counts: first choices
+  constexpr double floor = ds ? 0x1p-23 : static_cast<double>(FLT_MIN);
+  double const inf = __longlong_as_double(0x7ff0000000000000LL);
+
+  __shared__ double sh_sm[W][E];               // softmax of the row
+  __shared__ double sh_acc[W][E];              // ds, then d_logits before the z-loss
+  __shared__ double sh_s[W][sigmoid ? E : 1];  // sigmoid scores
+  __shared__ double sh_c[W][K];                // each route's contribution, choice order
+  __shared__ std::int32_t sh_e[W][K];          // each route's expert (-1: out of range)
+
+  int const lane = static_cast<int>(threadIdx.x & 31u);
+  int const wid = static_cast<int>(threadIdx.x >> 5);
+  double* const sm = sh_sm[wid];
+  double* const acc = sh_acc[wid];
+  double* const sg = sh_s[wid];
+  auto const score = [&](int e) { return sigmoid ? sg[e] : sm[e]; };
+  double const Td = static_cast<double>(p.tokens);
+  double const Ed = static_cast<double>(E);
+  double const Kd = static_cast<double>(K);
+  double const Ld = static_cast<double>(p.seq_len);
+  double const n_seq = p.seq_len > 0 ? Td / Ld : 1.0;
+  std::int64_t const warps = static_cast<std::int64_t>(gridDim.x) * W;
+  for (std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * W + wid; t < p.tokens;
+       t += warps) {
+    float const* const l = p.logits + t * E;
+    // Softmax (and sigmoid) of the row in double, as the host recomputes them.
+    double m = -inf;
+#pragma unroll 1  // rolled loops: a double exp/division may call a slow path, keep few values live
+    for (int e = lane; e < E; e += 32) {
+      double const v = static_cast<double>(__ldg(l + e));
+      m = v > m ? v : m;
+    }
+    m = route_warp_max(m);
+    double z = 0.0;
+#pragma unroll 1
+    for (int e = lane; e < E; e += 32) {
+      double const v = exp(static_cast<double>(__ldg(l + e)) - m);
+      sm[e] = v;
+      z += v;
+    }
+    z = route_warp_sum(z);
+    double const lse = m + log(z);
+#pragma unroll 1
+    for (int e = lane; e < E; e += 32) {
+      sm[e] /= z;
+      if constexpr (sigmoid) sg[e] = 1.0 / (1.0 + exp(-static_cast<double>(__ldg(l + e))));
+    }
+
+    // The balance losses through p: dp[e], then ds = J_pᵀ dp (p = s / Σ s for sigmoid).
+    std::int32_t const* const seq_cnt =
+        p.seq_counts != nullptr ? p.seq_counts + (t / p.seq_len) * E : nullptr;
+    double s_sum = 0.0;
+#pragma unroll 1
+    for (int e = lane; e < E; e += 32) {
+      double const cnt = static_cast<double>(p.counts[e]);
+      double dp = static_cast<double>(p.aux_coef) * Ed * (ds2 ? cnt / Td : cnt / (Td * Kd)) / Td;
+      if (seq_cnt != nullptr)
+        dp += static_cast<double>(p.seq_coef) *
+              (Ed * static_cast<double>(seq_cnt[e]) / (Kd * Ld)) / Ld / n_seq;
+      acc[e] = dp;
+      if constexpr (sigmoid) s_sum += sg[e];
+    }
+    if constexpr (sigmoid) {
+      double const S = route_warp_sum(s_sum);
+      double dot = 0.0;
+#pragma unroll 1
+      for (int e = lane; e < E; e += 32) dot += acc[e] * sg[e] / S;
+      dot = route_warp_sum(dot);
+#pragma unroll 1
+      for (int e = lane; e < E; e += 32) acc[e] = (acc[e] - dot) / S;
+    }
+    __syncwarp();
+
+    // The K routes, lane k holding route k: g = ∂L/∂w through the scale, the renormalisation
+    // (over the K, or DeepSpeed's over the survivors) and the gates.
+    std::int32_t ek = -1;
+    double gk = 0.0, ak = 0.0, lk = -inf;
+    bool keep = false;
+    if (lane < K) {
+      std::int64_t const r = t * K + lane;
+      std::int32_t const e = p.expert[r];
+      if (e >= 0 && e < E) {
+        ek = e;
+        keep = p.slot[r] >= 0;
+        gk = keep ? static_cast<double>(p.d_weight[r]) * static_cast<double>(p.weight_scale)
+                  : 0.0;
+        ak = score(e);
+        lk = static_cast<double>(__ldg(l + e));
+      }
+    }
+    if constexpr (k_softmax) {  // a = softmax of the K chosen logits
+      double const mk = route_warp_max(lk);
+      double const xk = ek >= 0 ? exp(lk - mk) : 0.0;
+      ak = xk / route_warp_sum(xk);
+    }
+    double da = gk;
+    if constexpr (renorm) {
+      bool const in_sum = ek >= 0 && (renorm_native || keep);
+      double const S = route_warp_sum(in_sum ? ak : 0.0);
+      double const ga = route_warp_sum(in_sum ? gk * ak : 0.0);
+      da = S > floor ? (in_sum ? gk / S - ga / (S * S) : 0.0) : gk / floor;
+    }
+    double c = da;
+    if constexpr (k_softmax) c = ak * (da - route_warp_sum(da * ak));
+    if (lane < K) {
+      sh_e[wid][lane] = ek;
+      sh_c[wid][lane] = c;
+    }
+    if constexpr (k_softmax) {  // the routes feed d_logits directly; ds = dp goes through sm
+      double dot = 0.0;
+#pragma unroll 1
+      for (int e = lane; e < E; e += 32) dot += acc[e] * sm[e];
+      dot = route_warp_sum(dot);
+      __syncwarp();
+#pragma unroll 1
+      for (int e = lane; e < E; e += 32) acc[e] = sm[e] * (acc[e] - dot);
+    }
+    __syncwarp();
+    if (lane == 0)  // in choice order, as the host adds them
+      for (int k = 0; k < K; ++k)
+        if (sh_e[wid][k] >= 0) acc[sh_e[wid][k]] += sh_c[wid][k];
+    __syncwarp();
+
+    // Scores to logits (unless done above), plus the z-loss 2·lse·softmax/T.
+    if constexpr (!k_softmax) {
+      if constexpr (sigmoid) {
+#pragma unroll 1
+        for (int e = lane; e < E; e += 32) acc[e] = acc[e] * sg[e] * (1.0 - sg[e]);
+      } else {
+        double dot = 0.0;
+#pragma unroll 1
+        for (int e = lane; e < E; e += 32) dot += acc[e] * sm[e];
+        dot = route_warp_sum(dot);
+#pragma unroll 1
+        for (int e = lane; e < E; e += 32) acc[e] = sm[e] * (acc[e] - dot);
+      }
+    }
+    double const zc = static_cast<double>(p.z_coef) * 2.0 * lse / Td;
+    float* const out = p.d_logits + t * E;
+#pragma unroll 1
+    for (int e = lane; e < E; e += 32) out[e] = static_cast<float>(acc[e] + zc * sm[e]);
+    __syncwarp();  // the rows are rewritten by the warp's next token
   }
 }
 
