@@ -121,15 +121,15 @@ inline status check_recompute(char const* who, ffn_recompute r) noexcept {
   return {};
 }
 
-template <config C>
-status check(host_policy policy, expert_ffn_args<C> const& a) noexcept {
+template <config C, execution_policy P>
+status check(P policy, expert_ffn_args<C> const& a) noexcept {
   char const* const who = "expert_ffn_args";
   MOE_TRY(check_common(policy, who, a.act));
   MOE_TRY(check_recompute(who, a.recompute));
   bool const gated = is_gated(a.act);
   MOE_TRY(check_shape<C>(who, a.experts, a.rows, a.ffn, a.hidden, gated, "ffn", "hidden"));
   MOE_TRY(check_shape<C>(who, a.experts, a.rows, a.hidden, a.ffn, false, "hidden", "ffn"));
-  MOE_TRY(check_offsets(who, a.offsets, a.experts, a.rows));
+  MOE_TRY(check_offsets(policy, who, a.offsets, a.experts, a.rows));
   std::int64_t const E = a.experts, M = a.rows, H = a.hidden, F = a.ffn, fw = gated ? 2 * F : F;
   MOE_TRY(check_pointer(a.w1, who, "w1"));
   MOE_TRY(check_pointer(a.w2, who, "w2"));
@@ -152,15 +152,15 @@ status check(host_policy policy, expert_ffn_args<C> const& a) noexcept {
   return check_regions(who, r);
 }
 
-template <config C>
-status check(host_policy policy, expert_ffn_backward_args<C> const& a) noexcept {
+template <config C, execution_policy P>
+status check(P policy, expert_ffn_backward_args<C> const& a) noexcept {
   char const* const who = "expert_ffn_backward_args";
   MOE_TRY(check_common(policy, who, a.act));
   MOE_TRY(check_recompute(who, a.recompute));
   bool const gated = is_gated(a.act);
   MOE_TRY(check_shape<C>(who, a.experts, a.rows, a.ffn, a.hidden, gated, "ffn", "hidden"));
   MOE_TRY(check_shape<C>(who, a.experts, a.rows, a.hidden, a.ffn, false, "hidden", "ffn"));
-  MOE_TRY(check_offsets(who, a.offsets, a.experts, a.rows));
+  MOE_TRY(check_offsets(policy, who, a.offsets, a.experts, a.rows));
   std::int64_t const E = a.experts, M = a.rows, H = a.hidden, F = a.ffn, fw = gated ? 2 * F : F;
   MOE_TRY(check_pointer(a.w1, who, "w1"));
   MOE_TRY(check_pointer(a.w2, who, "w2"));

@@ -41,7 +41,7 @@
 #include "moe/activation.hpp"         // activation_forward/backward, with_activation
 #include "moe/config.hpp"             // moe::config, activation, is_gated, check<C>()
 #include "moe/host/grouped_gemm.hpp"  // backend::host::grouped_gemm_forward, _dgrad, _wgrad
-#include "moe/policy.hpp"             // moe::host_policy
+#include "moe/policy.hpp"             // moe::host_policy, cuda_policy, execution_policy
 #include "moe/precision.hpp"          // storage_name
 #include "moe/problem.hpp"            // moe::problem
 #include "moe/status.hpp"             // moe::status, MOE_TRY
@@ -208,6 +208,25 @@ inline status check_offsets(char const* who, std::int64_t const* offsets, std::i
   return {};
 }
 
+/// The offsets rule per backend: the host reads and checks them; the CUDA backend cannot read
+/// device offsets without a synchronisation, so it checks the pointer only and trusts the values.
+inline status check_offsets(host_policy, char const* who, std::int64_t const* offsets,
+                            std::int64_t experts, std::int64_t rows) noexcept {
+  return check_offsets(who, offsets, experts, rows);
+}
+inline status check_offsets(cuda_policy, char const* who, std::int64_t const* offsets,
+                            std::int64_t, std::int64_t) noexcept {
+  return check_pointer(offsets, who, "offsets");
+}
+
+inline status check_common(cuda_policy, char const* who, activation act) noexcept {
+  if (!is_valid_activation(act))
+    return status::error(errc::invalid_argument,
+                         "%s.act: expected an enumerator of moe::activation, got %d", who,
+                         static_cast<int>(act));
+  return {};
+}
+
 inline status check_common(host_policy policy, char const* who, activation act) noexcept {
   if (policy.threads < 0)
     return status::error(errc::invalid_argument, "host_policy.threads: expected >= 0, got %d",
@@ -219,13 +238,13 @@ inline status check_common(host_policy policy, char const* who, activation act) 
   return {};
 }
 
-template <config C>
-status check(host_policy policy, grouped_gemm_args<C> const& a) noexcept {
+template <config C, execution_policy P>
+status check(P policy, grouped_gemm_args<C> const& a) noexcept {
   char const* const who = "grouped_gemm_args";
   MOE_TRY(check_common(policy, who, a.act));
   bool const gated = is_gated(a.act);
   MOE_TRY(check_shape<C>(who, a.experts, a.rows, a.n, a.k, gated));
-  MOE_TRY(check_offsets(who, a.offsets, a.experts, a.rows));
+  MOE_TRY(check_offsets(policy, who, a.offsets, a.experts, a.rows));
   std::int64_t const M = a.rows, N = a.n, K = a.k, nw = gated ? 2 * N : N;
   MOE_TRY(check_pointer(a.w, who, "w"));
   MOE_TRY(check_optional(a.bias, who, "bias"));
@@ -248,13 +267,13 @@ status check(host_policy policy, grouped_gemm_args<C> const& a) noexcept {
   return {};
 }
 
-template <config C>
-status check(host_policy policy, grouped_gemm_dgrad_args<C> const& a) noexcept {
+template <config C, execution_policy P>
+status check(P policy, grouped_gemm_dgrad_args<C> const& a) noexcept {
   char const* const who = "grouped_gemm_dgrad_args";
   MOE_TRY(check_common(policy, who, a.act));
   bool const gated = is_gated(a.act);
   MOE_TRY(check_shape<C>(who, a.experts, a.rows, a.n, a.k, gated));
-  MOE_TRY(check_offsets(who, a.offsets, a.experts, a.rows));
+  MOE_TRY(check_offsets(policy, who, a.offsets, a.experts, a.rows));
   std::int64_t const M = a.rows, N = a.n, K = a.k, kw = gated ? 2 * K : K;
   MOE_TRY(check_pointer(a.w, who, "w"));
   if (a.act == activation::identity && a.pre != nullptr)
@@ -273,12 +292,12 @@ status check(host_policy policy, grouped_gemm_dgrad_args<C> const& a) noexcept {
   return {};
 }
 
-template <config C>
-status check(host_policy policy, grouped_gemm_wgrad_args<C> const& a) noexcept {
+template <config C, execution_policy P>
+status check(P policy, grouped_gemm_wgrad_args<C> const& a) noexcept {
   char const* const who = "grouped_gemm_wgrad_args";
   MOE_TRY(check_common(policy, who, activation::identity));
   MOE_TRY(check_shape<C>(who, a.experts, a.rows, a.n, a.k, false));
-  MOE_TRY(check_offsets(who, a.offsets, a.experts, a.rows));
+  MOE_TRY(check_offsets(policy, who, a.offsets, a.experts, a.rows));
   std::int64_t const M = a.rows, N = a.n, K = a.k, nk = a.experts * N * K;
   MOE_TRY(check_pointer(a.dw, who, "dw"));
   MOE_TRY(check_optional(a.d_bias, who, "d_bias"));
@@ -299,13 +318,13 @@ status check(host_policy policy, grouped_gemm_wgrad_args<C> const& a) noexcept {
   return {};
 }
 
-template <config C>
-status check(host_policy policy, grouped_activation_args<C> const& a) noexcept {
+template <config C, execution_policy P>
+status check(P policy, grouped_activation_args<C> const& a) noexcept {
   char const* const who = "grouped_activation_args";
   MOE_TRY(check_common(policy, who, a.act));
   bool const gated = is_gated(a.act);
   MOE_TRY(check_shape<C>(who, a.experts, a.rows, a.n, 1, gated));
-  MOE_TRY(check_offsets(who, a.offsets, a.experts, a.rows));
+  MOE_TRY(check_offsets(policy, who, a.offsets, a.experts, a.rows));
   std::int64_t const M = a.rows, N = a.n, nw = gated ? 2 * N : N;
   if (M > 0) {
     MOE_TRY(check_pointer(a.pre, who, "pre"));
