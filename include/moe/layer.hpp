@@ -186,6 +186,14 @@ struct workspace_layout {
   std::size_t d_weight = 0, d_logits = 0, d_logits_acc = 0, d_o = 0, d_pre = 0, dxp = 0,
               d_moe = 0, d_res = 0, d_coef = 0, dx_a = 0, dx_sum = 0, dense_d_pre = 0;
   std::size_t op_scratch = 0;  // workspace of the backend's ops (route, plan, ...), if any
+  // Expert parallelism (R > 1): the group's routing, replicated on every rank, and the rows
+  // this rank's experts receive (rows_recv bounds them).
+  std::int64_t group_tokens = 0, rows_recv = 0;
+  std::size_t tok = 0, g_logits = 0, g_expert = 0, g_slot = 0, g_weight = 0, g_counts = 0,
+              g_kept = 0, sort_keys = 0, send_counts = 0, recv_counts = 0, send_rows = 0,
+              recv_rows = 0, e_offsets = 0, order = 0, inverse = 0, xr = 0, xe = 0, pre_e = 0,
+              h_e = 0, ye = 0, yr = 0, g_d_weight = 0, g_d_logits = 0, d_or = 0, d_oe = 0,
+              d_pre_e = 0, dxe = 0, dxr = 0;
   std::size_t bytes = 0;
 };
 
@@ -197,22 +205,41 @@ inline std::size_t take(std::size_t& at, std::int64_t elements, std::size_t elem
   return start;
 }
 
+/// The largest slot count a route of problem p can hand out: the native or DeepSpeed capacity
+/// formula (DeepSpeed's float32 one can exceed the exact one by one), T when dropless.
 template <config C>
-workspace_layout make_layout(layer_shape const& s, problem const& p,
-                             std::size_t op_scratch = 0) noexcept {
+std::int64_t static_capacity(problem const& p) noexcept {
+  std::int64_t cap = capacity<C>(p);
+  if (C.compat == router_compat::deepspeed && !is_dropless<C>(p)) {
+    std::int64_t const ds = routing::deepspeed_capacity(p.tokens, C.experts,
+                                                        active_capacity_factor<C>(p), C.top_k,
+                                                        p.min_capacity);
+    cap = ds > cap ? ds : cap;
+  }
+  return cap;
+}
+
+/// The problem of the whole expert-parallel group: T = group_tokens(p).
+inline problem group_problem(problem const& p) noexcept {
+  problem g = p;
+  g.tokens = group_tokens(p);
+  g.group_tokens = 0;
+  g.ep_rank = 0;
+  g.ep_size = 1;
+  return g;
+}
+
+template <config C>
+workspace_layout make_layout(layer_shape const& s, problem const& p, std::size_t op_scratch = 0,
+                             bool expert_parallel = false) noexcept {
   using A = act_t<C>;
   workspace_layout w{};
   std::int64_t const T = p.tokens, H = s.hidden, E = C.experts, K = C.top_k;
   std::int64_t const gate = is_gated(C.ffn_activation) ? 2 : 1;
   std::int64_t const F = s.ffn, Fs = s.shared_ffn, Fr = s.residual_ffn;
-  // The most slots an expert can have: the native formula's C, or DeepSpeed's float32 one,
-  // which can exceed it by one (docs/routing.md); T when dropless.
-  std::int64_t cap = capacity<C>(p);
-  if (C.compat == router_compat::deepspeed && !is_dropless<C>(p)) {
-    std::int64_t const ds = routing::deepspeed_capacity(
-        T, C.experts, active_capacity_factor<C>(p), C.top_k, p.min_capacity);
-    cap = ds > cap ? ds : cap;
-  }
+  // The most slots an expert can have (with expert parallelism, the group's capacity).
+  problem const g = group_problem(p);
+  std::int64_t const cap = static_capacity<C>(expert_parallel ? g : p);
   w.rows = plan_rows_bound(T, C.top_k, C.experts, cap, plan_layout::compact, 1);
   std::int64_t const M = w.rows;
   std::size_t at = 0;
@@ -255,6 +282,41 @@ workspace_layout make_layout(layer_shape const& s, problem const& p,
   std::int64_t const Fd = Fs > Fr ? Fs : Fr;  // the dense FFNs' backward scratch, shared
   w.dense_d_pre = take(at, T * gate * Fd, sizeof(A));
   w.op_scratch = take(at, static_cast<std::int64_t>(op_scratch), 1);  // the backend ops' own
+  if (expert_parallel) {
+    std::int64_t const Tg = g.tokens, R = p.ep_size, El = E / R;
+    std::int64_t const Mr = plan_rows_bound(Tg, C.top_k, static_cast<std::int32_t>(El), cap,
+                                            plan_layout::compact, 1);
+    w.group_tokens = Tg;
+    w.rows_recv = Mr;
+    w.tok = take(at, 2 * R, sizeof(std::int64_t));
+    w.g_logits = take(at, Tg * E, sizeof(float));
+    w.g_expert = take(at, Tg * K, sizeof(std::int32_t));
+    w.g_slot = take(at, Tg * K, sizeof(std::int32_t));
+    w.g_weight = take(at, Tg * K, sizeof(float));
+    w.g_counts = take(at, E, sizeof(std::int32_t));
+    w.g_kept = take(at, E, sizeof(std::int32_t));
+    w.sort_keys = take(at, 2 * T * K, sizeof(std::int64_t));
+    w.send_counts = take(at, R * El, sizeof(std::int64_t));
+    w.recv_counts = take(at, R * El, sizeof(std::int64_t));
+    w.send_rows = take(at, 2 * R, sizeof(std::int64_t));
+    w.recv_rows = take(at, R, sizeof(std::int64_t));
+    w.e_offsets = take(at, El + 1, sizeof(std::int64_t));
+    w.order = take(at, Mr, sizeof(std::int32_t));
+    w.inverse = take(at, Mr, sizeof(std::int32_t));
+    w.xr = take(at, Mr * H, sizeof(A));
+    w.xe = take(at, Mr * H, sizeof(A));
+    w.pre_e = take(at, Mr * gate * F, sizeof(A));
+    w.h_e = take(at, Mr * F, sizeof(A));
+    w.ye = take(at, Mr * H, sizeof(A));
+    w.yr = take(at, Mr * H, sizeof(A));
+    w.g_d_weight = take(at, Tg * K, sizeof(float));
+    w.g_d_logits = take(at, Tg * E, sizeof(float));
+    w.d_or = take(at, Mr * H, sizeof(A));
+    w.d_oe = take(at, Mr * H, sizeof(A));
+    w.d_pre_e = take(at, Mr * gate * F, sizeof(A));
+    w.dxe = take(at, Mr * H, sizeof(A));
+    w.dxr = take(at, Mr * H, sizeof(A));
+  }
   w.bytes = (at + 255) / 256 * 256;
   return w;
 }
@@ -313,6 +375,9 @@ template <config C, class Policy = host_policy, class Comm = comm::local>
 class layer {
   static_assert(check<C>());
   using memory = detail::layer_impl::layer_memory<Policy>;
+  /// The expert-parallel path runs for every communicator but comm::local (even with R = 1,
+  /// so that one-rank runs exercise it).
+  static constexpr bool expert_parallel = !std::is_same_v<Comm, comm::local>;
 
  public:
   using act = act_t<C>;
@@ -518,7 +583,10 @@ class layer {
   [[nodiscard]] status forward(Policy policy, problem const& p, layer_forward_args<C> const& a,
                                void* workspace, std::size_t bytes) noexcept {
     MOE_TRY(check_call(p, workspace, bytes, "layer::forward"));
-    return layer_forward(policy, state(), p, a, workspace, layout(p));
+    if constexpr (expert_parallel)
+      return layer_forward_ep(policy, state(), comm_, p, a, workspace, layout(p));
+    else
+      return layer_forward(policy, state(), p, a, workspace, layout(p));
   }
 
   /// Backward: dx (overwritten) and every parameter gradient (accumulated), for the loss whose
@@ -527,7 +595,25 @@ class layer {
   [[nodiscard]] status backward(Policy policy, problem const& p, layer_backward_args<C> const& a,
                                 void* workspace, std::size_t bytes) noexcept {
     MOE_TRY(check_call(p, workspace, bytes, "layer::backward"));
-    return layer_backward(policy, state(), p, a, workspace, layout(p));
+    if constexpr (expert_parallel)
+      return layer_backward_ep(policy, state(), comm_, p, a, workspace, layout(p));
+    else
+      return layer_backward(policy, state(), p, a, workspace, layout(p));
+  }
+
+  /// Sums the gradients of the replicated parameters (router, shared experts, residual MLP and
+  /// its coefficients) over the expert-parallel group, so that every rank holds the gradient of
+  /// the group's whole batch (the routed experts' gradients already are: each rank's experts
+  /// saw every token routed to them). Collective: every rank of the group calls it. A no-op
+  /// with comm::local.
+  [[nodiscard]] status all_reduce_replicated_gradients() noexcept {
+    detail::layer_impl::tensor_sizes<C> const sizes(shape_);
+    for (int i = 0; i < 15; ++i) {
+      if (i >= 1 && i <= 4) continue;  // the routed experts: owned, not replicated
+      accum* g = *detail::layer_impl::member(grads_, i);
+      if (g != nullptr && sizes.n[i] > 0) MOE_TRY(comm_.all_reduce_sum(g, sizes.n[i]));
+    }
+    return {};
   }
 
  private:
@@ -544,8 +630,8 @@ class layer {
   }
 
   detail::layer_impl::workspace_layout layout(problem const& p) const noexcept {
-    return detail::layer_impl::make_layout<C>(shape_, p,
-                                              memory::template op_scratch<C>(shape_, options_, p));
+    return detail::layer_impl::make_layout<C>(
+        shape_, p, memory::template op_scratch<C>(shape_, options_, p), expert_parallel);
   }
 
   detail::layer_impl::layer_state<C> state() const noexcept {

@@ -20,6 +20,7 @@ struct problem {
   std::int64_t ffn = 0;           ///< F, expert FFN width (gated activations use 2F in W1)
   std::int32_t ep_rank = 0;       ///< this rank in the expert-parallel group
   std::int32_t ep_size = 1;       ///< R, ranks in the expert-parallel group
+  std::int64_t group_tokens = 0;  ///< Σ T over the expert-parallel group; 0 = T·R (equal shares)
   std::int32_t min_capacity = 4;  ///< lower bound of C (DeepSpeed's min_capacity, default 4)
   bool training = true;           ///< selects capacity_factor (true) or eval_capacity_factor
   float aux_loss_coef = 0.01f;    ///< load-balancing loss coefficient (Switch: 0.01)
@@ -56,6 +57,11 @@ constexpr std::int64_t capacity(problem const& p) noexcept {
   return c > p.min_capacity ? c : static_cast<std::int64_t>(p.min_capacity);
 }
 
+/// Tokens of the whole expert-parallel group: group_tokens, or T·R when it is 0.
+constexpr std::int64_t group_tokens(problem const& p) noexcept {
+  return p.group_tokens > 0 ? p.group_tokens : p.tokens * p.ep_size;
+}
+
 /// Experts held by one rank, E_l = E / R.
 template <config C>
 constexpr std::int32_t local_experts(problem const& p) noexcept {
@@ -85,6 +91,12 @@ status validate(problem const& p) noexcept {
   if (p.ep_rank < 0 || p.ep_rank >= p.ep_size)
     return status::error(errc::invalid_argument, "problem.ep_rank: expected 0 <= rank < %d, got %d",
                          p.ep_size, p.ep_rank);
+  if (p.group_tokens < 0 || (p.group_tokens > 0 && p.group_tokens < p.tokens) ||
+      p.group_tokens > max_tokens)
+    return status::error(errc::invalid_argument,
+                         "problem.group_tokens: expected 0 or T <= value <= 2^47 (T = %lld), got "
+                         "%lld",
+                         static_cast<long long>(p.tokens), static_cast<long long>(p.group_tokens));
   if (p.min_capacity < 0)
     return status::error(errc::invalid_argument, "problem.min_capacity: expected >= 0, got %d",
                          p.min_capacity);
