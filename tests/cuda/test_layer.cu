@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: Apache-2.0
+// The CUDA layer (moe/cuda/layer.cuh) against the host layer on the same parameters and inputs:
+// routing integers (experts, slots, counts) bitwise; y, dx and every gradient within a bound
+// normalised by the tensor's largest magnitude; two CUDA runs bitwise equal. Router inputs are
+// small multiples of powers of two (x = k/8, W_g = k/16, H <= 64), so every logit is an exact
+// fp32 sum whatever the order and both backends route identically; the other tensors are
+// random. Bounds: fp32 1e-4 · max|ref| (GEMM sums of ~100 terms in different orders, about
+// 100 · 6e-8 relative, and the chain of FFN layers); bf16 2e-2 · max|ref| (intermediates are
+// stored in bf16, u = 3.9e-3, so one rounding that lands differently moves a value by an ulp).
+#include <doctest/doctest.h>
+
+#include <algorithm>  // std::max
+#include <cmath>      // std::abs
+#include <cstdint>    // std::int64_t
+#include <cstring>    // std::memcmp
+#include <random>     // std::mt19937_64
+#include <vector>     // std::vector
+
+#include "common.cuh"  // device_vector, MOE_REQUIRE_OK
+#include "moe/configs.hpp"
+#include "moe/cuda/layer.cuh"
+
+namespace {
+
+template <class T>
+double as_double(T v) {
+  return static_cast<double>(moe::to_float(v));
+}
+
+template <class T>
+double scaled_error(std::vector<T> const& got, std::vector<T> const& want) {
+  double big = 0, worst = 0;
+  for (auto v : want) big = std::max(big, std::abs(as_double(v)));
+  for (std::size_t i = 0; i < want.size(); ++i)
+    worst = std::max(worst, std::abs(as_double(got[i]) - as_double(want[i])));
+  return big > 0 ? worst / big : worst;
+}
+
+template <moe::config C>
+void compare_layers(moe::layer_shape shape, std::int64_t T, double tol) {
+  using A = moe::act_t<C>;
+  using W = moe::weight_t<C>;
+  using G = moe::accum_t<C>;
+  std::uint64_t const seed = std::random_device{}();
+  CAPTURE(seed);
+  std::int64_t const H = shape.hidden, E = C.experts, K = C.top_k;
+  moe::layer<C> host(shape);
+  moe::layer<C, moe::cuda_policy> dev(shape);
+  REQUIRE(host.allocate().ok());
+  REQUIRE(dev.allocate().ok());
+  REQUIRE(host.init({.seed = seed, .std = 0.2f}).ok());
+  REQUIRE(dev.init({.seed = seed, .std = 0.2f}).ok());
+  // Exact router: W_g = k/16, x = k/8.
+  std::mt19937_64 gen(seed);
+  std::uniform_int_distribution<int> small(-8, 8);
+  for (std::int64_t i = 0; i < H * E; ++i)
+    host.params().w_gate[i] = moe::from_float<W>(static_cast<float>(small(gen)) / 16.0f);
+  MOE_REQUIRE_CUDA(cudaMemcpy(dev.params().w_gate, host.params().w_gate,
+                              static_cast<std::size_t>(H * E) * sizeof(W), cudaMemcpyHostToDevice));
+  std::vector<A> x(static_cast<std::size_t>(T * H)), dy(x.size());
+  std::normal_distribution<float> normal;
+  for (auto& v : x) v = moe::from_float<A>(static_cast<float>(small(gen)) / 8.0f);
+  for (auto& v : dy) v = moe::from_float<A>(normal(gen));
+
+  moe::problem p = host.make_problem(T);
+  p.z_loss_coef = 0.001f;
+  std::size_t const hb = host.workspace_bytes(p), db = dev.workspace_bytes(p);
+  std::vector<std::max_align_t> hws(hb / sizeof(std::max_align_t) + 8);
+  void* hptr = reinterpret_cast<void*>((reinterpret_cast<std::uintptr_t>(hws.data()) + 63) / 64 * 64);
+  std::vector<A> y(x.size()), dx(x.size());
+  moe::layer_stats hstats{};
+  REQUIRE(host.zero_grad().ok());
+  MOE_REQUIRE_OK(host.forward(moe::host, p, {x.data(), y.data(), &hstats}, hptr, hb));
+  MOE_REQUIRE_OK(host.backward(moe::host, p, {x.data(), dy.data(), dx.data()}, hptr, hb));
+
+  moe::test::device_vector<A> dx_in(x.size()), ddy(x.size()), dy_out(x.size()), ddx(x.size());
+  moe::test::device_vector<char> dws(db);
+  moe::test::device_vector<moe::layer_stats> dstats(1);
+  moe::test::device_vector<std::int64_t> bad(1);
+  dx_in.upload(x);
+  ddy.upload(dy);
+  std::int64_t const n = host.parameter_count();
+  std::vector<G> first_grads;
+  std::vector<A> first_y, first_dx;
+  for (int run = 0; run < 2; ++run) {
+    MOE_REQUIRE_OK(dev.zero_grad(moe::cuda_on(nullptr)));
+    MOE_REQUIRE_OK(dev.forward(moe::cuda_on(nullptr), p,
+                               {dx_in.data(), dy_out.data(), dstats.data(), nullptr, bad.data()},
+                               dws.data(), db));
+    MOE_REQUIRE_OK(dev.backward(moe::cuda_on(nullptr), p, {dx_in.data(), ddy.data(), ddx.data()},
+                                dws.data(), db));
+    MOE_REQUIRE_CUDA(cudaDeviceSynchronize());
+    std::vector<G> grads(static_cast<std::size_t>(n));
+    MOE_REQUIRE_CUDA(cudaMemcpy(grads.data(), dev.flat_grads(), grads.size() * sizeof(G),
+                                cudaMemcpyDeviceToHost));
+    if (run == 0) {
+      first_grads = grads;
+      first_y = dy_out.download();
+      first_dx = ddx.download();
+      continue;
+    }
+    CHECK(std::memcmp(grads.data(), first_grads.data(), grads.size() * sizeof(G)) == 0);
+    std::vector<A> const y2 = dy_out.download(), dx2 = ddx.download();
+    CHECK(std::memcmp(y2.data(), first_y.data(), y2.size() * sizeof(A)) == 0);
+    CHECK(std::memcmp(dx2.data(), first_dx.data(), dx2.size() * sizeof(A)) == 0);
+  }
+  CHECK(bad.download()[0] == -1);
+  // Routing integers, bitwise.
+  auto const hr = host.routing(p, hptr);
+  auto const dr = dev.routing(p, dws.data());
+  std::vector<std::int32_t> de(static_cast<std::size_t>(T * K)), ds(de.size()),
+      dc(static_cast<std::size_t>(E));
+  MOE_REQUIRE_CUDA(cudaMemcpy(de.data(), dr.expert, de.size() * 4, cudaMemcpyDeviceToHost));
+  MOE_REQUIRE_CUDA(cudaMemcpy(ds.data(), dr.slot, ds.size() * 4, cudaMemcpyDeviceToHost));
+  MOE_REQUIRE_CUDA(cudaMemcpy(dc.data(), dr.counts, dc.size() * 4, cudaMemcpyDeviceToHost));
+  CHECK(std::memcmp(de.data(), hr.expert, de.size() * 4) == 0);
+  CHECK(std::memcmp(ds.data(), hr.slot, ds.size() * 4) == 0);
+  CHECK(std::memcmp(dc.data(), hr.counts, dc.size() * 4) == 0);
+  moe::layer_stats const dstat = dstats.download()[0];
+  CHECK(dstat.route.dropped == hstats.route.dropped);
+  CHECK(dstat.route.capacity == hstats.route.capacity);
+  CHECK(dstat.loss == doctest::Approx(hstats.loss).epsilon(1e-5));
+  // Floats within the stated bound, tensor by tensor.
+  CHECK_MESSAGE(scaled_error(first_y, y) <= tol, "y: " << scaled_error(first_y, y));
+  CHECK_MESSAGE(scaled_error(first_dx, dx) <= tol, "dx: " << scaled_error(first_dx, dx));
+  moe::detail::layer_impl::tensor_sizes<C> const sizes(shape);
+  std::int64_t at = 0;
+  for (int i = 0; i < 15; ++i) {
+    if (sizes.n[i] == 0) continue;
+    std::vector<G> const want(host.flat_grads() + at, host.flat_grads() + at + sizes.n[i]);
+    std::vector<G> const got(first_grads.begin() + at, first_grads.begin() + at + sizes.n[i]);
+    double const e = scaled_error(got, want);
+    CHECK_MESSAGE(e <= tol, moe::detail::layer_impl::tensor_names[i] << ": " << e);
+    at += sizes.n[i];
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda layer: fp32 vs the host layer (capacity, shared experts, residual)") {
+  compare_layers<moe::configs::top2_fp32>(
+      {.hidden = 64, .ffn = 96, .shared_ffn = 32, .residual_ffn = 32}, 300, 1e-4);
+  compare_layers<moe::configs::top2_fp32>({.hidden = 32, .ffn = 64}, 1, 1e-4);
+}
+
+TEST_CASE("cuda layer: bf16 vs the host layer") {
+  compare_layers<moe::configs::top2_bf16>({.hidden = 64, .ffn = 128, .shared_ffn = 64}, 517, 2e-2);
+}
