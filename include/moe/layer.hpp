@@ -341,6 +341,11 @@ struct layer_state {
 template <class Policy>
 struct layer_memory;
 
+/// A backend's glue around the ops in the layer's composition (moe/detail/layer_compose.hpp):
+/// host in moe/host/layer.hpp, CUDA in moe/cuda/layer.cuh.
+template <class Policy>
+struct layer_glue;
+
 template <>
 struct layer_memory<host_policy> {
   /// Zeroed memory of `bytes` bytes, or null.
@@ -689,4 +694,5 @@ class layer {
 
 }  // namespace moe
 
-#include "moe/host/layer.hpp"  // forward and backward on the CPU
+#include "moe/detail/layer_compose.hpp"  // forward and backward, written once for every backend
+#include "moe/host/layer.hpp"             // the host backend's glue; the expert-parallel path

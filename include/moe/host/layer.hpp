@@ -1,149 +1,151 @@
 // SPDX-License-Identifier: Apache-2.0
-// moe::layer's forward and backward on the CPU (moe/layer.hpp, which includes this file at
-// its end, calls them): the host ops in sequence, on regions of the caller's workspace. The dense
-// branches (shared experts, the PR-MoE residual MLP) are the expert FFN with one expert whose
-// rows are all T tokens. Branch outputs and dx parts are summed in accum_t<C> in a fixed
-// order and rounded once, so results do not depend on the thread count.
+// moe::layer on the CPU: the host backend's glue for the composition written once in
+// moe/detail/layer_compose.hpp (layer_glue<host_policy>), and the expert-parallel path over a
+// communicator (below). moe/layer.hpp includes this file at its end. Branch outputs and dx
+// parts are summed in accum_t<C> in a fixed order and rounded once, so results do not depend
+// on the thread count.
 #pragma once
 
-#include <cstddef>  // std::size_t
-#include <cstdint>  // std::int32_t, std::int64_t, std::uintptr_t
 #include <algorithm>  // std::sort
-#include <cmath>    // std::exp
-#include <cstring>  // std::memcpy
+#include <cmath>      // std::exp
+#include <cstddef>    // std::size_t
+#include <cstdint>    // std::int32_t, std::int64_t
+#include <cstring>    // std::memcpy, std::memset
 
-#include "moe/layer.hpp"  // moe::layer and its argument structs
+#include "moe/detail/layer_compose.hpp"  // the generic composition
+#include "moe/layer.hpp"                 // moe::layer and its argument structs
 
 namespace moe::detail::layer_impl {
 
-/// y = c0 · (y_moe + shared_y) + c1 · res_y with c = softmax(x·W_cᵀ + b_c) (coef ← c) when
-/// res_y is given, else y_moe + shared_y; in accum_t, rounded once. shared_y, res_y may be null.
-template <config C>
-void mix_forward(host_policy policy, layer_state<C> const& self, std::int64_t T,
-                 act_t<C> const* x, act_t<C> const* y_moe, act_t<C> const* shared_y,
-                 act_t<C> const* res_y, accum_t<C>* coef, act_t<C>* y) {
-  using act = act_t<C>;
-  using accum = accum_t<C>;
-  std::int64_t const H = self.shape.hidden;
-  backend::host::for_each_row(policy.threads, T, [&](std::int64_t t) {
-    accum c0 = 1, c1 = 0;
-    if (res_y != nullptr) {
-      accum z[2];
-      for (int j = 0; j < 2; ++j) {
-        accum s = static_cast<accum>(to_float(self.params.coef_b[j]));
-        for (std::int64_t h = 0; h < H; ++h)
-          s += static_cast<accum>(to_float(x[t * H + h])) *
-               static_cast<accum>(to_float(self.params.coef_w[j * H + h]));
-        z[j] = s;
-      }
-      accum const m = z[0] > z[1] ? z[0] : z[1];
-      accum const e0 = std::exp(z[0] - m), e1 = std::exp(z[1] - m);
-      c0 = e0 / (e0 + e1);
-      c1 = e1 / (e0 + e1);
-      coef[2 * t] = c0;
-      coef[2 * t + 1] = c1;
-    }
-    for (std::int64_t h = 0; h < H; ++h) {
-      std::int64_t const i = t * H + h;
-      accum v = static_cast<accum>(to_float(y_moe[i]));
-      if (shared_y != nullptr) v += static_cast<accum>(to_float(shared_y[i]));
-      if (res_y != nullptr) v = c0 * v + c1 * static_cast<accum>(to_float(res_y[i]));
-      y[i] = from_float<act>(v);
-    }
-  });
-}
-
-/// The mix's backward: d_moe = c0·dy, d_res = c1·dy, dcoef = c ⊙ (g − <c, g>) with
-/// g_j = <dy, branch_j>.
-template <config C>
-void mix_backward(host_policy policy, layer_state<C> const& self, std::int64_t T,
-                  act_t<C> const* dy, act_t<C> const* y_moe, act_t<C> const* shared_y,
-                  act_t<C> const* res_y, accum_t<C> const* coef, act_t<C>* dm, act_t<C>* dr,
-                  accum_t<C>* dcoef) {
-  using act = act_t<C>;
-  using accum = accum_t<C>;
-  std::int64_t const H = self.shape.hidden;
-  backend::host::for_each_row(policy.threads, T, [&](std::int64_t t) {
-    accum const c0 = coef[2 * t], c1 = coef[2 * t + 1];
-    accum g0 = 0, g1 = 0;
-    for (std::int64_t h = t * H; h < (t + 1) * H; ++h) {
-      accum const d = static_cast<accum>(to_float(dy[h]));
-      accum v = static_cast<accum>(to_float(y_moe[h]));
-      if (shared_y != nullptr) v += static_cast<accum>(to_float(shared_y[h]));
-      g0 += d * v;
-      g1 += d * static_cast<accum>(to_float(res_y[h]));
-      dm[h] = from_float<act>(c0 * d);
-      dr[h] = from_float<act>(c1 * d);
-    }
-    accum const sum = c0 * g0 + c1 * g1;
-    dcoef[2 * t] = c0 * (g0 - sum);
-    dcoef[2 * t + 1] = c1 * (g1 - sum);
-  });
-}
-
-/// dx_sum (= or +=) part, in accum_t.
-template <config C>
-void add_dx(host_policy policy, std::int64_t T, std::int64_t H, act_t<C> const* part, bool first,
-            accum_t<C>* dx_sum) {
-  using accum = accum_t<C>;
-  backend::host::for_each_row(policy.threads, T, [&](std::int64_t t) {
-    for (std::int64_t h = t * H; h < (t + 1) * H; ++h)
-      dx_sum[h] = (first ? accum{0} : dx_sum[h]) + static_cast<accum>(to_float(part[h]));
-  });
-}
-
-/// The dense branches' backward (shared experts on d_moe, the residual MLP on d_res, the
-/// mixing coefficients' linear layer), each dx added to dx_sum in that order, then dx rounded.
-template <config C>
-status dense_backward(host_policy policy, layer_state<C> const& self, std::int64_t T,
-                      act_t<C> const* x, act_t<C> const* d_moe, void* ws,
-                      workspace_layout const& L, accum_t<C>* dx_sum, act_t<C>* dx) noexcept {
-  using act = act_t<C>;
-  using weight = weight_t<C>;
-  using accum = accum_t<C>;
-  std::int64_t const H = self.shape.hidden;
-  std::int64_t const Fs = self.shape.shared_ffn, Fr = self.shape.residual_ffn;
-  auto* const dx_a = at<act>(ws, L.dx_a);
-  auto* const dense_offsets = at<std::int64_t>(ws, L.dense_offsets);
-  auto dense = [&](std::int64_t width, weight const* w1, weight const* b1, weight const* w2,
-                   act const* dy, std::size_t pre, std::size_t h, accum* dw1, accum* db1,
-                   accum* dw2, accum* db2) {
-    return expert_ffn_backward(policy, expert_ffn_backward_args<C>{.experts = 1,
-                                                                   .rows = T,
-                                                                   .hidden = H,
-                                                                   .ffn = width,
-                                                                   .offsets = dense_offsets,
-                                                                   .x = x,
-                                                                   .w1 = w1,
-                                                                   .b1 = b1,
-                                                                   .w2 = w2,
-                                                                   .recompute =
-                                                                       self.options.recompute,
-                                                                   .dy = dy,
-                                                                   .pre = at<act>(ws, pre),
-                                                                   .h = at<act>(ws, h),
-                                                                   .d_pre =
-                                                                       at<act>(ws, L.dense_d_pre),
-                                                                   .dx = dx_a,
-                                                                   .dw1 = dw1,
-                                                                   .db1 = db1,
-                                                                   .dw2 = dw2,
-                                                                   .db2 = db2,
-                                                                   .accumulate = true});
-  };
-  if (T > 0 && Fs > 0) {
-    MOE_TRY(dense(Fs, self.params.shared_w1, self.params.shared_b1, self.params.shared_w2, d_moe,
-                  L.shared_pre, L.shared_h, self.grads.shared_w1, self.grads.shared_b1,
-                  self.grads.shared_w2, self.grads.shared_b2));
-    add_dx<C>(policy, T, H, dx_a, false, dx_sum);
+template <>
+struct layer_glue<host_policy> {
+  /// The host ops take the caller's policy (they need no scratch of the layer's).
+  static host_policy ops(host_policy policy, void*, workspace_layout const&) noexcept {
+    return policy;
   }
-  if (T > 0 && Fr > 0) {
-    MOE_TRY(dense(Fr, self.params.residual_w1, self.params.residual_b1, self.params.residual_w2,
-                  at<act>(ws, L.d_res), L.res_pre, L.res_h, self.grads.residual_w1,
-                  self.grads.residual_b1, self.grads.residual_w2, self.grads.residual_b2));
-    add_dx<C>(policy, T, H, dx_a, false, dx_sum);
-    // The coefficients' linear layer: dW_c[j] += Σ_t dz[t, j] x[t], db_c += Σ_t dz, dx += dz·W_c.
-    auto* const dcoef = at<accum>(ws, L.d_coef);
+
+  template <class From, class To>
+  static status convert(host_policy, From const* in, To* out, std::int64_t n) noexcept {
+    for (std::int64_t i = 0; i < n; ++i) out[i] = static_cast<To>(in[i]);
+    return {};
+  }
+
+  /// After route: the dense branches' offsets {0, T}, the statistics and the loss, counts.
+  template <config C>
+  static status publish(host_policy, layer_state<C> const& self, problem const& p,
+                        layer_forward_args<C> const& a, route_stats const* st,
+                        std::int32_t const* counts, std::int64_t* dense_offsets) noexcept {
+    dense_offsets[0] = 0;
+    dense_offsets[1] = p.tokens;
+    if (a.counts != nullptr)
+      std::memcpy(a.counts, counts, static_cast<std::size_t>(C.experts) * sizeof(std::int32_t));
+    if (a.stats != nullptr) {
+      a.stats->route = *st;
+      a.stats->loss = static_cast<double>(p.aux_loss_coef) * st->aux_loss +
+                      static_cast<double>(p.z_loss_coef) * st->z_loss +
+                      static_cast<double>(self.options.router.seq_aux_loss_coef) * st->seq_aux_loss;
+    }
+    return {};
+  }
+
+  /// T = 0: zero statistics and counts, no bad logit.
+  template <config C>
+  static status empty(host_policy, layer_forward_args<C> const& a) noexcept {
+    if (a.stats != nullptr) *a.stats = layer_stats{};
+    if (a.counts != nullptr)
+      std::memset(a.counts, 0, static_cast<std::size_t>(C.experts) * sizeof(std::int32_t));
+    if (a.bad_logit != nullptr) *a.bad_logit = -1;
+    return {};
+  }
+
+  /// y = c0 · (y_moe + shared_y) + c1 · res_y with c = softmax(x·W_cᵀ + b_c) (coef ← c) when
+  /// res_y is given, else y_moe + shared_y; in accum_t, rounded once.
+  template <config C>
+  static status mix_forward(host_policy policy, layer_state<C> const& self, std::int64_t T,
+                            act_t<C> const* x, act_t<C> const* y_moe, act_t<C> const* shared_y,
+                            act_t<C> const* res_y, accum_t<C>* coef, act_t<C>* y) noexcept {
+    using act = act_t<C>;
+    using accum = accum_t<C>;
+    std::int64_t const H = self.shape.hidden;
+    backend::host::for_each_row(policy.threads, T, [&](std::int64_t t) {
+      accum c0 = 1, c1 = 0;
+      if (res_y != nullptr) {
+        accum z[2];
+        for (int j = 0; j < 2; ++j) {
+          accum s = static_cast<accum>(to_float(self.params.coef_b[j]));
+          for (std::int64_t h = 0; h < H; ++h)
+            s += static_cast<accum>(to_float(x[t * H + h])) *
+                 static_cast<accum>(to_float(self.params.coef_w[j * H + h]));
+          z[j] = s;
+        }
+        accum const m = z[0] > z[1] ? z[0] : z[1];
+        accum const e0 = std::exp(z[0] - m), e1 = std::exp(z[1] - m);
+        c0 = e0 / (e0 + e1);
+        c1 = e1 / (e0 + e1);
+        coef[2 * t] = c0;
+        coef[2 * t + 1] = c1;
+      }
+      for (std::int64_t h = 0; h < H; ++h) {
+        std::int64_t const i = t * H + h;
+        accum v = static_cast<accum>(to_float(y_moe[i]));
+        if (shared_y != nullptr) v += static_cast<accum>(to_float(shared_y[i]));
+        if (res_y != nullptr) v = c0 * v + c1 * static_cast<accum>(to_float(res_y[i]));
+        y[i] = from_float<act>(v);
+      }
+    });
+    return {};
+  }
+
+  /// The mix's backward: d_moe = c0·dy, d_res = c1·dy, dcoef = c ⊙ (g − <c, g>) with
+  /// g_j = <dy, branch_j>.
+  template <config C>
+  static status mix_backward(host_policy policy, layer_state<C> const& self, std::int64_t T,
+                             act_t<C> const* dy, act_t<C> const* y_moe, act_t<C> const* shared_y,
+                             act_t<C> const* res_y, accum_t<C> const* coef, act_t<C>* dm,
+                             act_t<C>* dr, accum_t<C>* dcoef) noexcept {
+    using act = act_t<C>;
+    using accum = accum_t<C>;
+    std::int64_t const H = self.shape.hidden;
+    backend::host::for_each_row(policy.threads, T, [&](std::int64_t t) {
+      accum const c0 = coef[2 * t], c1 = coef[2 * t + 1];
+      accum g0 = 0, g1 = 0;
+      for (std::int64_t h = t * H; h < (t + 1) * H; ++h) {
+        accum const d = static_cast<accum>(to_float(dy[h]));
+        accum v = static_cast<accum>(to_float(y_moe[h]));
+        if (shared_y != nullptr) v += static_cast<accum>(to_float(shared_y[h]));
+        g0 += d * v;
+        g1 += d * static_cast<accum>(to_float(res_y[h]));
+        dm[h] = from_float<act>(c0 * d);
+        dr[h] = from_float<act>(c1 * d);
+      }
+      accum const sum = c0 * g0 + c1 * g1;
+      dcoef[2 * t] = c0 * (g0 - sum);
+      dcoef[2 * t + 1] = c1 * (g1 - sum);
+    });
+    return {};
+  }
+
+  /// dx_sum (= or +=) part, in accum_t.
+  template <config C>
+  static status add_dx(host_policy policy, layer_state<C> const& self, std::int64_t T,
+                       act_t<C> const* part, bool first, accum_t<C>* dx_sum) noexcept {
+    using accum = accum_t<C>;
+    std::int64_t const H = self.shape.hidden;
+    backend::host::for_each_row(policy.threads, T, [&](std::int64_t t) {
+      for (std::int64_t h = t * H; h < (t + 1) * H; ++h)
+        dx_sum[h] = (first ? accum{0} : dx_sum[h]) + static_cast<accum>(to_float(part[h]));
+    });
+    return {};
+  }
+
+  /// The mixing coefficients' linear layer: dW_c[j] += Σ_t dz[t, j] x[t], db_c += Σ_t dz (each
+  /// element in ascending t), dx_sum += dz · W_c.
+  template <config C>
+  static status coef_backward(host_policy policy, layer_state<C> const& self, std::int64_t T,
+                              act_t<C> const* x, accum_t<C> const* dcoef,
+                              accum_t<C>* dx_sum) noexcept {
+    using accum = accum_t<C>;
+    std::int64_t const H = self.shape.hidden;
     backend::host::for_each_row(policy.threads, 2 * H + 2, [&](std::int64_t i) {
       if (i < 2 * H) {
         std::int64_t const j = i / H, h = i % H;
@@ -164,257 +166,20 @@ status dense_backward(host_policy policy, layer_state<C> const& self, std::int64
             dcoef[2 * t] * static_cast<accum>(to_float(self.params.coef_w[h])) +
             dcoef[2 * t + 1] * static_cast<accum>(to_float(self.params.coef_w[H + h]));
     });
-  }
-  backend::host::for_each_row(policy.threads, T, [&](std::int64_t t) {
-    for (std::int64_t h = t * H; h < (t + 1) * H; ++h) dx[h] = from_float<act>(dx_sum[h]);
-  });
-  return {};
-}
-
-
-/// The layer's forward on the CPU (layer::forward has checked the problem and the workspace).
-template <config C>
-status layer_forward(host_policy policy, layer_state<C> const& self, problem const& p,
-                     layer_forward_args<C> const& a, void* ws, workspace_layout const& L) noexcept {
-  using act = act_t<C>;
-  using weight = weight_t<C>;
-  using accum = accum_t<C>;
-  std::int64_t const T = p.tokens, H = self.shape.hidden, E = C.experts, K = C.top_k;
-  std::int64_t const Fs = self.shape.shared_ffn, Fr = self.shape.residual_ffn;
-  if (T > 0 && (a.x == nullptr || a.y == nullptr))
-    return status::error(errc::invalid_argument,
-                         "layer_forward_args.x/y: expected non-null [T, H] for T = %lld",
-                         static_cast<long long>(T));
-  auto* const logits = at<float>(ws, L.logits);
-  auto* const expert = at<std::int32_t>(ws, L.expert);
-  auto* const slot = at<std::int32_t>(ws, L.slot);
-  auto* const weight_k = at<float>(ws, L.weight);
-  auto* const counts = at<std::int32_t>(ws, L.counts);
-  auto* const kept = at<std::int32_t>(ws, L.kept);
-  auto* const st = at<route_stats>(ws, L.stats);
-  auto* const offsets = at<std::int64_t>(ws, L.offsets);
-  auto* const row_of = at<std::int32_t>(ws, L.row_of);
-  auto* const source_of = at<std::int32_t>(ws, L.source_of);
-  auto* const xp = at<act>(ws, L.xp);
-  auto* const yp = at<act>(ws, L.yp);
-  auto* const y_moe = at<act>(ws, L.y_moe);
-  auto* const dense_offsets = at<std::int64_t>(ws, L.dense_offsets);
-  dense_offsets[0] = 0;
-  dense_offsets[1] = T;
-
-  // 1. Router GEMM: logits in accum_t<C>; the router decides in fp32 (docs/routing.md).
-  if constexpr (std::is_same_v<accum, float>) {
-    MOE_TRY(router_gemm(policy, p,
-                        router_gemm_args<C>{.x = a.x,
-                                            .w_gate = self.params.w_gate,
-                                            .logits = logits,
-                                            .jitter = self.options.jitter}));
-  } else {
-    auto* const wide = at<accum>(ws, L.logits_acc);
-    MOE_TRY(router_gemm(policy, p,
-                        router_gemm_args<C>{.x = a.x,
-                                            .w_gate = self.params.w_gate,
-                                            .logits = wide,
-                                            .jitter = self.options.jitter}));
-    for (std::int64_t i = 0; i < T * E; ++i) logits[i] = static_cast<float>(wide[i]);
-  }
-  // 2. Route.
-  MOE_TRY(route<C>(policy, p, self.options.router,
-                   route_args{.logits = logits,
-                              .expert = expert,
-                              .weight = weight_k,
-                              .slot = slot,
-                              .counts = counts,
-                              .kept = kept,
-                              .scores = nullptr,
-                              .stats = st,
-                              .bad_logit = a.bad_logit}));
-  // 3. Plan (compact layout, no padding), 4. permute.
-  MOE_TRY(plan(policy, plan_args{.layout = plan_layout::compact,
-                                 .tokens = T,
-                                 .top_k = static_cast<std::int32_t>(K),
-                                 .experts = static_cast<std::int32_t>(E),
-                                 .capacity = st->capacity,
-                                 .tile_rows = 1,
-                                 .expert = expert,
-                                 .slot = slot,
-                                 .offsets = offsets,
-                                 .row_of = row_of,
-                                 .source_of = source_of,
-                                 .source_rows = L.rows,
-                                 .bad_route = nullptr}));
-  std::int64_t const M = offsets[E];
-  MOE_TRY(permute(policy, permute_args<act>{.x = a.x,
-                                            .source_of = source_of,
-                                            .out = xp,
-                                            .tokens = T,
-                                            .hidden = H,
-                                            .rows = M,
-                                            .top_k = static_cast<std::int32_t>(K)}));
-  // 5. Routed experts.
-  MOE_TRY(expert_ffn(policy, expert_ffn_args<C>{.experts = E,
-                                                .rows = M,
-                                                .hidden = H,
-                                                .ffn = self.shape.ffn,
-                                                .offsets = offsets,
-                                                .x = xp,
-                                                .w1 = self.params.w1,
-                                                .b1 = self.params.b1,
-                                                .w2 = self.params.w2,
-                                                .b2 = self.params.b2,
-                                                .recompute = self.options.recompute,
-                                                .y = yp,
-                                                .pre = at<act>(ws, L.pre),
-                                                .h = at<act>(ws, L.h)}));
-  // 6. Combine.
-  MOE_TRY(combine(policy, combine_args<act>{.o = yp,
-                                            .row_of = row_of,
-                                            .weight = weight_k,
-                                            .y = y_moe,
-                                            .tokens = T,
-                                            .hidden = H,
-                                            .rows = M,
-                                            .top_k = static_cast<std::int32_t>(K)}));
-  // 7. Dense branches: one expert over all T rows.
-  auto dense = [&](std::int64_t width, weight const* w1, weight const* b1, weight const* w2,
-                   weight const* b2, std::size_t pre, std::size_t h, std::size_t y) {
-    return expert_ffn(policy, expert_ffn_args<C>{.experts = 1,
-                                                 .rows = T,
-                                                 .hidden = H,
-                                                 .ffn = width,
-                                                 .offsets = dense_offsets,
-                                                 .x = a.x,
-                                                 .w1 = w1,
-                                                 .b1 = b1,
-                                                 .w2 = w2,
-                                                 .b2 = b2,
-                                                 .recompute = self.options.recompute,
-                                                 .y = at<act>(ws, y),
-                                                 .pre = at<act>(ws, pre),
-                                                 .h = at<act>(ws, h)});
-  };
-  if (Fs > 0 && T > 0)
-    MOE_TRY(dense(Fs, self.params.shared_w1, self.params.shared_b1, self.params.shared_w2, self.params.shared_b2,
-                  L.shared_pre, L.shared_h, L.shared_y));
-  if (Fr > 0 && T > 0)
-    MOE_TRY(dense(Fr, self.params.residual_w1, self.params.residual_b1, self.params.residual_w2,
-                  self.params.residual_b2, L.res_pre, L.res_h, L.res_y));
-  // 8. y = c0 · (y_moe + shared) + c1 · mlp, or y_moe + shared, in accum_t<C>, rounded once.
-  mix_forward<C>(policy, self, T, a.x, y_moe, Fs > 0 ? at<act>(ws, L.shared_y) : nullptr,
-                 Fr > 0 ? at<act>(ws, L.res_y) : nullptr, at<accum>(ws, L.coef), a.y);
-  if (a.counts != nullptr) std::memcpy(a.counts, counts, static_cast<std::size_t>(E) * 4);
-  if (a.stats != nullptr) {
-    a.stats->route = *st;
-    a.stats->loss = static_cast<double>(p.aux_loss_coef) * st->aux_loss +
-                    static_cast<double>(p.z_loss_coef) * st->z_loss +
-                    static_cast<double>(self.options.router.seq_aux_loss_coef) * st->seq_aux_loss;
-  }
-  return {};
-}
-
-/// The layer's backward on the CPU.
-template <config C>
-status layer_backward(host_policy policy, layer_state<C> const& self, problem const& p,
-                      layer_backward_args<C> const& a, void* ws, workspace_layout const& L) noexcept {
-  using act = act_t<C>;
-  using accum = accum_t<C>;
-  std::int64_t const T = p.tokens, H = self.shape.hidden, E = C.experts, K = C.top_k;
-  std::int64_t const Fs = self.shape.shared_ffn, Fr = self.shape.residual_ffn;
-  if (T > 0 && (a.x == nullptr || a.dy == nullptr || a.dx == nullptr))
-    return status::error(errc::invalid_argument,
-                         "layer_backward_args.x/dy/dx: expected non-null [T, H] for T = %lld",
-                         static_cast<long long>(T));
-  if (T == 0) return {};
-  auto* const offsets = at<std::int64_t>(ws, L.offsets);
-  auto* const row_of = at<std::int32_t>(ws, L.row_of);
-  auto* const source_of = at<std::int32_t>(ws, L.source_of);
-  auto* const weight_k = at<float>(ws, L.weight);
-  auto* const dx_a = at<act>(ws, L.dx_a);
-  auto* const dx_sum = at<accum>(ws, L.dx_sum);
-  std::int64_t const M = offsets[E];
-
-  // Residual mixing: d(moe branch) = c0·dy, d(mlp) = c1·dy, and the coefficients' softmax.
-  act const* d_moe = a.dy;
-  if (Fr > 0) {
-    mix_backward<C>(policy, self, T, a.dy, at<act>(ws, L.y_moe),
-                    Fs > 0 ? at<act>(ws, L.shared_y) : nullptr, at<act>(ws, L.res_y),
-                    at<accum>(ws, L.coef), at<act>(ws, L.d_moe), at<act>(ws, L.d_res),
-                    at<accum>(ws, L.d_coef));
-    d_moe = at<act>(ws, L.d_moe);
+    return {};
   }
 
-  // Routed experts: combine backward → expert FFN backward → permute backward.
-  auto* const d_o = at<act>(ws, L.d_o);
-  auto* const dxp = at<act>(ws, L.dxp);
-  auto* const d_weight = at<float>(ws, L.d_weight);
-  MOE_TRY(combine_backward(policy, combine_backward_args<act>{.dy = d_moe,
-                                                              .o = at<act>(ws, L.yp),
-                                                              .row_of = row_of,
-                                                              .source_of = source_of,
-                                                              .weight = weight_k,
-                                                              .d_o = d_o,
-                                                              .d_weight = d_weight,
-                                                              .tokens = T,
-                                                              .hidden = H,
-                                                              .rows = M,
-                                                              .top_k = static_cast<std::int32_t>(K)}));
-  MOE_TRY(expert_ffn_backward(policy, expert_ffn_backward_args<C>{.experts = E,
-                                                                  .rows = M,
-                                                                  .hidden = H,
-                                                                  .ffn = self.shape.ffn,
-                                                                  .offsets = offsets,
-                                                                  .x = at<act>(ws, L.xp),
-                                                                  .w1 = self.params.w1,
-                                                                  .b1 = self.params.b1,
-                                                                  .w2 = self.params.w2,
-                                                                  .recompute = self.options.recompute,
-                                                                  .dy = d_o,
-                                                                  .pre = at<act>(ws, L.pre),
-                                                                  .h = at<act>(ws, L.h),
-                                                                  .d_pre = at<act>(ws, L.d_pre),
-                                                                  .dx = dxp,
-                                                                  .dw1 = self.grads.w1,
-                                                                  .db1 = self.grads.b1,
-                                                                  .dw2 = self.grads.w2,
-                                                                  .db2 = self.grads.b2,
-                                                                  .accumulate = true}));
-  MOE_TRY(permute_backward(policy, permute_backward_args<act>{.d_out = dxp,
-                                                              .row_of = row_of,
-                                                              .dx = dx_a,
-                                                              .tokens = T,
-                                                              .hidden = H,
-                                                              .rows = M,
-                                                              .top_k = static_cast<std::int32_t>(K)}));
-  add_dx<C>(policy, T, H, dx_a, true, dx_sum);
-
-  // Router: route backward (weights' gradient plus the losses') → router GEMM backward.
-  auto* const d_logits = at<float>(ws, L.d_logits);
-  MOE_TRY(route_backward<C>(policy, p, self.options.router,
-                            route_backward_args{.logits = at<float>(ws, L.logits),
-                                                .expert = at<std::int32_t>(ws, L.expert),
-                                                .slot = at<std::int32_t>(ws, L.slot),
-                                                .d_weight = d_weight,
-                                                .d_logits = d_logits}));
-  accum const* d_logits_acc = nullptr;
-  if constexpr (std::is_same_v<accum, float>) {
-    d_logits_acc = d_logits;
-  } else {
-    auto* const wide = at<accum>(ws, L.d_logits_acc);
-    for (std::int64_t i = 0; i < T * E; ++i) wide[i] = static_cast<accum>(d_logits[i]);
-    d_logits_acc = wide;
+  /// dx = dx_sum rounded once to act_t.
+  template <config C>
+  static status round_dx(host_policy policy, layer_state<C> const& self, std::int64_t T,
+                         accum_t<C> const* dx_sum, act_t<C>* dx) noexcept {
+    std::int64_t const H = self.shape.hidden;
+    backend::host::for_each_row(policy.threads, T, [&](std::int64_t t) {
+      for (std::int64_t h = t * H; h < (t + 1) * H; ++h) dx[h] = from_float<act_t<C>>(dx_sum[h]);
+    });
+    return {};
   }
-  MOE_TRY(router_gemm_backward(policy, p,
-                               router_gemm_backward_args<C>{.x = a.x,
-                                                            .w_gate = self.params.w_gate,
-                                                            .d_logits = d_logits_acc,
-                                                            .dx = dx_a,
-                                                            .d_w_gate = self.grads.w_gate,
-                                                            .jitter = self.options.jitter}));
-  add_dx<C>(policy, T, H, dx_a, false, dx_sum);
-
-  // Dense branches, then dx rounded once.
-  return dense_backward<C>(policy, self, T, a.x, d_moe, ws, L, dx_sum, a.dx);
-}
+};
 
 }  // namespace moe::detail::layer_impl
 
@@ -533,11 +298,8 @@ status layer_forward_ep(host_policy policy, layer_state<C> const& self, Comm con
                         problem const& p, layer_forward_args<C> const& a, void* ws,
                         workspace_layout const& L) noexcept {
   using act = act_t<C>;
-  using weight = weight_t<C>;
-  using accum = accum_t<C>;
   std::int64_t const T = p.tokens, H = self.shape.hidden, E = C.experts, K = C.top_k;
-  std::int64_t const R = comm.size(), El = E / R, Tg = L.group_tokens;
-  std::int64_t const Fs = self.shape.shared_ffn, Fr = self.shape.residual_ffn;
+  std::int64_t const R = comm.size(), El = E / R;
   if (T > 0 && (a.x == nullptr || a.y == nullptr))
     return status::error(errc::invalid_argument,
                          "layer_forward_args.x/y: expected non-null [T, H] for T = %lld",
@@ -549,18 +311,8 @@ status layer_forward_ep(host_policy policy, layer_state<C> const& self, Comm con
   // 1. Router GEMM on this rank's tokens; jitter drawn by the group's token index.
   router_jitter jit = self.options.jitter;
   jit.offset += static_cast<std::uint64_t>(tb) * static_cast<std::uint64_t>(H);
+  MOE_TRY(router_logits(policy, policy, self, p, a.x, jit, ws, L));
   auto* const logits = at<float>(ws, L.logits);
-  if constexpr (std::is_same_v<accum, float>) {
-    MOE_TRY(router_gemm(policy, p,
-                        router_gemm_args<C>{
-                            .x = a.x, .w_gate = self.params.w_gate, .logits = logits, .jitter = jit}));
-  } else {
-    auto* const wide = at<accum>(ws, L.logits_acc);
-    MOE_TRY(router_gemm(policy, p,
-                        router_gemm_args<C>{
-                            .x = a.x, .w_gate = self.params.w_gate, .logits = wide, .jitter = jit}));
-    for (std::int64_t i = 0; i < T * E; ++i) logits[i] = static_cast<float>(wide[i]);
-  }
   // 2. The group's logits on every rank, routed identically everywhere.
   auto* const tok = at<std::int64_t>(ws, L.tok);
   auto* const rows_of = at<std::int64_t>(ws, L.send_rows);  // scratch: T of each rank
@@ -678,45 +430,12 @@ status layer_forward_ep(host_policy policy, layer_state<C> const& self, Comm con
                                             .hidden = H,
                                             .rows = M,
                                             .top_k = static_cast<std::int32_t>(K)}));
-  // 7. Dense branches and the mix: this rank's tokens, as without expert parallelism.
-  auto* const dense_offsets = at<std::int64_t>(ws, L.dense_offsets);
-  dense_offsets[0] = 0;
-  dense_offsets[1] = T;
-  auto dense = [&](std::int64_t width, weight const* w1, weight const* b1, weight const* w2,
-                   weight const* b2, std::size_t pre, std::size_t h, std::size_t y) {
-    return expert_ffn(policy, expert_ffn_args<C>{.experts = 1,
-                                                 .rows = T,
-                                                 .hidden = H,
-                                                 .ffn = width,
-                                                 .offsets = dense_offsets,
-                                                 .x = a.x,
-                                                 .w1 = w1,
-                                                 .b1 = b1,
-                                                 .w2 = w2,
-                                                 .b2 = b2,
-                                                 .recompute = self.options.recompute,
-                                                 .y = at<act>(ws, y),
-                                                 .pre = at<act>(ws, pre),
-                                                 .h = at<act>(ws, h)});
-  };
-  if (Fs > 0 && T > 0)
-    MOE_TRY(dense(Fs, self.params.shared_w1, self.params.shared_b1, self.params.shared_w2,
-                  self.params.shared_b2, L.shared_pre, L.shared_h, L.shared_y));
-  if (Fr > 0 && T > 0)
-    MOE_TRY(dense(Fr, self.params.residual_w1, self.params.residual_b1, self.params.residual_w2,
-                  self.params.residual_b2, L.res_pre, L.res_h, L.res_y));
-  mix_forward<C>(policy, self, T, a.x, y_moe, Fs > 0 ? at<act>(ws, L.shared_y) : nullptr,
-                 Fr > 0 ? at<act>(ws, L.res_y) : nullptr, at<accum>(ws, L.coef), a.y);
-  if (a.counts != nullptr)
-    std::memcpy(a.counts, at<std::int32_t>(ws, L.g_counts), static_cast<std::size_t>(E) * 4);
-  if (a.stats != nullptr) {
-    a.stats->route = *st;
-    a.stats->loss = static_cast<double>(p.aux_loss_coef) * st->aux_loss +
-                    static_cast<double>(p.z_loss_coef) * st->z_loss +
-                    static_cast<double>(self.options.router.seq_aux_loss_coef) * st->seq_aux_loss;
-  }
-  (void)Tg;
-  return {};
+  // 7. Statistics (the group's), dense branches and the mix: this rank's tokens.
+  MOE_TRY(layer_glue<host_policy>::publish(policy, self, p, a, st,
+                                           at<std::int32_t>(ws, L.g_counts),
+                                           at<std::int64_t>(ws, L.dense_offsets)));
+  if (T == 0) return {};
+  return dense_forward_and_mix(policy, policy, self, T, a.x, a.y, ws, L);
 }
 
 /// Backward of an expert-parallel layer on the CPU.
@@ -728,7 +447,6 @@ status layer_backward_ep(host_policy policy, layer_state<C> const& self, Comm co
   using accum = accum_t<C>;
   std::int64_t const T = p.tokens, H = self.shape.hidden, E = C.experts, K = C.top_k;
   std::int64_t const R = comm.size(), El = E / R;
-  std::int64_t const Fs = self.shape.shared_ffn, Fr = self.shape.residual_ffn;
   if (T > 0 && (a.x == nullptr || a.dy == nullptr || a.dx == nullptr))
     return status::error(errc::invalid_argument,
                          "layer_backward_args.x/dy/dx: expected non-null [T, H] for T = %lld",
@@ -747,14 +465,8 @@ status layer_backward_ep(host_policy policy, layer_state<C> const& self, Comm co
   std::int64_t const M = offsets[E], Mr = e_offsets[El];
   std::size_t const row_bytes = static_cast<std::size_t>(H) * sizeof(act);
 
-  act const* d_moe = a.dy;
-  if (Fr > 0 && T > 0) {
-    mix_backward<C>(policy, self, T, a.dy, at<act>(ws, L.y_moe),
-                    Fs > 0 ? at<act>(ws, L.shared_y) : nullptr, at<act>(ws, L.res_y),
-                    at<accum>(ws, L.coef), at<act>(ws, L.d_moe), at<act>(ws, L.d_res),
-                    at<accum>(ws, L.d_coef));
-    d_moe = at<act>(ws, L.d_moe);
-  }
+  act const* d_moe = nullptr;
+  MOE_TRY(mix_backward_of(policy, self, T, a.dy, ws, L, d_moe));
   // Combine backward here; the rows' gradients travel to the experts' ranks.
   auto* const d_o = at<act>(ws, L.d_o);
   auto* const d_weight = at<float>(ws, L.d_weight);
@@ -807,7 +519,7 @@ status layer_backward_ep(host_policy policy, layer_state<C> const& self, Comm co
                                                               .hidden = H,
                                                               .rows = M,
                                                               .top_k = static_cast<std::int32_t>(K)}));
-  if (T > 0) add_dx<C>(policy, T, H, dx_a, true, dx_sum);
+  MOE_TRY(layer_glue<host_policy>::add_dx(policy, self, T, dx_a, true, dx_sum));
 
   // Route backward on the group's d_weight, identically on every rank; this rank's rows of it.
   auto* const rows_of = at<std::int64_t>(ws, L.send_rows) + R;  // scratch after send_rows
@@ -823,26 +535,10 @@ status layer_backward_ep(host_policy policy, layer_state<C> const& self, Comm co
                                                 .slot = at<std::int32_t>(ws, L.g_slot),
                                                 .d_weight = g_d_weight,
                                                 .d_logits = g_d_logits}));
-  float const* d_logits = g_d_logits + tb * E;
-  accum const* d_logits_acc = nullptr;
-  if constexpr (std::is_same_v<accum, float>) {
-    d_logits_acc = d_logits;
-  } else {
-    auto* const wide = at<accum>(ws, L.d_logits_acc);
-    for (std::int64_t i = 0; i < T * E; ++i) wide[i] = static_cast<accum>(d_logits[i]);
-    d_logits_acc = wide;
-  }
   router_jitter jit = self.options.jitter;
   jit.offset += static_cast<std::uint64_t>(tb) * static_cast<std::uint64_t>(H);
-  MOE_TRY(router_gemm_backward(policy, p,
-                               router_gemm_backward_args<C>{.x = a.x,
-                                                            .w_gate = self.params.w_gate,
-                                                            .d_logits = d_logits_acc,
-                                                            .dx = dx_a,
-                                                            .d_w_gate = self.grads.w_gate,
-                                                            .jitter = jit}));
-  if (T > 0) add_dx<C>(policy, T, H, dx_a, false, dx_sum);
-  return dense_backward<C>(policy, self, T, a.x, d_moe, ws, L, dx_sum, a.dx);
+  MOE_TRY(router_backward_tail(policy, policy, self, p, a.x, g_d_logits + tb * E, jit, ws, L));
+  return dense_backward(policy, policy, self, T, a.x, d_moe, a.dx, ws, L);
 }
 
 }  // namespace moe::detail::layer_impl
