@@ -83,10 +83,20 @@ template <config C>
 using layer_grads = layer_tensors<accum_t<C>>;
 
 /// Options read by forward and backward (none changes generated code).
+/// Wall-clock seconds per phase, accumulated over calls (host backend's expert-parallel path):
+/// route = router GEMM + logits gather + route (+ route backward), plan = local slots + plan +
+/// permute (+ permute backward), exchange = counts and rows all-to-all (both directions),
+/// ffn = the local experts' FFN, rest = combine, dense branches, mix and dx sums.
+struct layer_profile {
+  double route = 0, plan = 0, exchange = 0, ffn = 0, rest = 0;
+  std::int64_t bytes_sent = 0;  ///< rows sent by this rank's all-to-alls, in bytes
+};
+
 struct layer_options {
   router_options router{};  ///< selection bias, noise, weight scale, sequence loss
   router_jitter jitter{};   ///< multiplicative jitter on the router input (training only)
   ffn_recompute recompute = ffn_recompute::activation;  ///< what backward recomputes
+  layer_profile* profile = nullptr;  ///< optional: phase times (host expert-parallel path)
 };
 
 /// What a forward reports.

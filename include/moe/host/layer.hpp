@@ -7,6 +7,7 @@
 #pragma once
 
 #include <algorithm>  // std::sort
+#include <chrono>     // std::chrono::steady_clock (layer_profile)
 #include <cmath>      // std::exp
 #include <cstddef>    // std::size_t
 #include <cstdint>    // std::int32_t, std::int64_t
@@ -197,6 +198,22 @@ struct layer_glue<host_policy> {
 
 namespace moe::detail::layer_impl {
 
+/// Adds the time since the last mark to one phase of the profile (when there is one).
+struct phase_timer {
+  layer_profile* profile;
+  std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+  void mark(double layer_profile::* phase) noexcept {
+    auto const now = std::chrono::steady_clock::now();
+    if (profile != nullptr) profile->*phase += std::chrono::duration<double>(now - last).count();
+    last = now;
+  }
+  void sent(std::int64_t const* rows, std::int32_t ranks, std::size_t row_bytes) noexcept {
+    if (profile == nullptr) return;
+    for (std::int32_t r = 0; r < ranks; ++r)
+      profile->bytes_sent += rows[r] * static_cast<std::int64_t>(row_bytes);
+  }
+};
+
 /// Every rank's T and expected group T, checked the same way on every rank (so that a problem
 /// that disagrees between ranks gives the same error everywhere instead of a hang later).
 template <class Comm>
@@ -304,6 +321,7 @@ status layer_forward_ep(host_policy policy, layer_state<C> const& self, Comm con
     return status::error(errc::invalid_argument,
                          "layer_forward_args.x/y: expected non-null [T, H] for T = %lld",
                          static_cast<long long>(T));
+  phase_timer clock{self.options.profile};
   std::int64_t tb = 0;  // tokens of the ranks before this one
   MOE_TRY(exchange_tokens(comm, p, L, ws, tb));
   problem const pg = group_problem(p);
@@ -334,6 +352,7 @@ status layer_forward_ep(host_policy policy, layer_state<C> const& self, Comm con
                               .scores = nullptr,
                               .stats = st,
                               .bad_logit = a.bad_logit}));
+  clock.mark(&layer_profile::route);
   // 3. This rank's routes; within an expert, local slots follow the group's slot order.
   auto* const expert = at<std::int32_t>(ws, L.expert);
   auto* const slot = at<std::int32_t>(ws, L.slot);
@@ -390,6 +409,7 @@ status layer_forward_ep(host_policy policy, layer_state<C> const& self, Comm con
                                             .hidden = H,
                                             .rows = M,
                                             .top_k = static_cast<std::int32_t>(K)}));
+  clock.mark(&layer_profile::plan);
   // 4. Exchange: counts, then rows; regroup by local expert.
   std::int64_t Mr = 0;
   MOE_TRY(exchange_counts<C>(comm, L, ws, offsets, Mr));
@@ -400,6 +420,8 @@ status layer_forward_ep(host_policy policy, layer_state<C> const& self, Comm con
   auto* const xe = at<act>(ws, L.xe);
   MOE_TRY(comm.all_to_all_v(xp, send_rows, xr, recv_rows, row_bytes));
   MOE_TRY(gather_rows(policy, xr, at<std::int32_t>(ws, L.order), xe, Mr, H));
+  clock.sent(send_rows, static_cast<std::int32_t>(R), row_bytes);
+  clock.mark(&layer_profile::exchange);
   // 5. This rank's experts.
   auto* const ye = at<act>(ws, L.ye);
   MOE_TRY(expert_ffn(policy, expert_ffn_args<C>{.experts = El,
@@ -416,11 +438,14 @@ status layer_forward_ep(host_policy policy, layer_state<C> const& self, Comm con
                                                 .y = ye,
                                                 .pre = at<act>(ws, L.pre_e),
                                                 .h = at<act>(ws, L.h_e)}));
+  clock.mark(&layer_profile::ffn);
   // 6. Back to the sources, then combine there.
   auto* const yr = at<act>(ws, L.yr);
   auto* const yp = at<act>(ws, L.yp);
   MOE_TRY(gather_rows(policy, ye, at<std::int32_t>(ws, L.inverse), yr, Mr, H));
   MOE_TRY(comm.all_to_all_v(yr, recv_rows, yp, send_rows, row_bytes));
+  clock.sent(recv_rows, static_cast<std::int32_t>(R), row_bytes);
+  clock.mark(&layer_profile::exchange);
   auto* const y_moe = at<act>(ws, L.y_moe);
   MOE_TRY(combine(policy, combine_args<act>{.o = yp,
                                             .row_of = row_of,
@@ -434,8 +459,9 @@ status layer_forward_ep(host_policy policy, layer_state<C> const& self, Comm con
   MOE_TRY(layer_glue<host_policy>::publish(policy, self, p, a, st,
                                            at<std::int32_t>(ws, L.g_counts),
                                            at<std::int64_t>(ws, L.dense_offsets)));
-  if (T == 0) return {};
-  return dense_forward_and_mix(policy, policy, self, T, a.x, a.y, ws, L);
+  if (T > 0) MOE_TRY(dense_forward_and_mix(policy, policy, self, T, a.x, a.y, ws, L));
+  clock.mark(&layer_profile::rest);
+  return {};
 }
 
 /// Backward of an expert-parallel layer on the CPU.
@@ -465,6 +491,7 @@ status layer_backward_ep(host_policy policy, layer_state<C> const& self, Comm co
   std::int64_t const M = offsets[E], Mr = e_offsets[El];
   std::size_t const row_bytes = static_cast<std::size_t>(H) * sizeof(act);
 
+  phase_timer clock{self.options.profile};
   act const* d_moe = nullptr;
   MOE_TRY(mix_backward_of(policy, self, T, a.dy, ws, L, d_moe));
   // Combine backward here; the rows' gradients travel to the experts' ranks.
@@ -484,9 +511,12 @@ status layer_backward_ep(host_policy policy, layer_state<C> const& self, Comm co
                                                               .top_k = static_cast<std::int32_t>(K)}));
   auto* const d_or = at<act>(ws, L.d_or);
   auto* const d_oe = at<act>(ws, L.d_oe);
+  clock.mark(&layer_profile::rest);
   MOE_TRY(comm.all_to_all_v(d_o, send_rows, d_or, recv_rows, row_bytes));
   MOE_TRY(gather_rows(policy, d_or, at<std::int32_t>(ws, L.order), d_oe, Mr, H));
   auto* const dxe = at<act>(ws, L.dxe);
+  clock.sent(send_rows, static_cast<std::int32_t>(R), row_bytes);
+  clock.mark(&layer_profile::exchange);
   MOE_TRY(expert_ffn_backward(policy, expert_ffn_backward_args<C>{.experts = El,
                                                                   .rows = Mr,
                                                                   .hidden = H,
@@ -508,10 +538,13 @@ status layer_backward_ep(host_policy policy, layer_state<C> const& self, Comm co
                                                                   .dw2 = self.grads.w2,
                                                                   .db2 = self.grads.b2,
                                                                   .accumulate = true}));
+  clock.mark(&layer_profile::ffn);
   auto* const dxr = at<act>(ws, L.dxr);
   auto* const dxp = at<act>(ws, L.dxp);
   MOE_TRY(gather_rows(policy, dxe, at<std::int32_t>(ws, L.inverse), dxr, Mr, H));
   MOE_TRY(comm.all_to_all_v(dxr, recv_rows, dxp, send_rows, row_bytes));
+  clock.sent(recv_rows, static_cast<std::int32_t>(R), row_bytes);
+  clock.mark(&layer_profile::exchange);
   MOE_TRY(permute_backward(policy, permute_backward_args<act>{.d_out = dxp,
                                                               .row_of = row_of,
                                                               .dx = dx_a,
@@ -521,6 +554,7 @@ status layer_backward_ep(host_policy policy, layer_state<C> const& self, Comm co
                                                               .top_k = static_cast<std::int32_t>(K)}));
   MOE_TRY(layer_glue<host_policy>::add_dx(policy, self, T, dx_a, true, dx_sum));
 
+  clock.mark(&layer_profile::plan);
   // Route backward on the group's d_weight, identically on every rank; this rank's rows of it.
   auto* const rows_of = at<std::int64_t>(ws, L.send_rows) + R;  // scratch after send_rows
   for (std::int64_t r = 0; r < R; ++r) rows_of[r] = tok[2 * r];
@@ -538,7 +572,10 @@ status layer_backward_ep(host_policy policy, layer_state<C> const& self, Comm co
   router_jitter jit = self.options.jitter;
   jit.offset += static_cast<std::uint64_t>(tb) * static_cast<std::uint64_t>(H);
   MOE_TRY(router_backward_tail(policy, policy, self, p, a.x, g_d_logits + tb * E, jit, ws, L));
-  return dense_backward(policy, policy, self, T, a.x, d_moe, a.dx, ws, L);
+  clock.mark(&layer_profile::route);
+  MOE_TRY(dense_backward(policy, policy, self, T, a.x, d_moe, a.dx, ws, L));
+  clock.mark(&layer_profile::rest);
+  return {};
 }
 
 }  // namespace moe::detail::layer_impl
