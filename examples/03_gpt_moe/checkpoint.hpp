@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 // Checkpoints of the GPT-MoE example: everything a run's future depends on, so that a run
 // loaded from step s continues bit for bit as if it had never stopped —
-//   header   magic "MOEGPT01", the model's dims, E, K, the parameter count and the seed
-//            (a load with other values is refused with a message naming the first mismatch)
+//   header   magic "MOEGPT02", the model's dims, E, K, the parameter count, the seed, and the
+//            expert-parallel ranks R and this file's rank (moe_gpt_mpi writes one file a rank,
+//            its experts differ); a load with other values is refused with a message naming
+//            the first mismatch
 //   state    the steps done, the data generator's state
 //   tensors  parameters, AdamW first and second moments (float32, flat layout, host order)
 // There is no other state: the MoE layers draw nothing unless configured to (their seed is a
 // function of the step), the validation set is fixed (the same for every seed), and the
-// learning rate is a function of the step. The file is written to FILE.tmp and renamed, so a crash mid-write
-// leaves the previous checkpoint intact.
+// learning rate is a function of the step. The file is written to FILE.tmp and renamed, so a crash
+// mid-write leaves the previous checkpoint intact.
 #pragma once
 
 #include <cstdint>  // std::int64_t, std::uint64_t
@@ -23,16 +25,18 @@ namespace gpt {
 
 /// The fixed part of a checkpoint, written as raw 64-bit words.
 struct checkpoint_header {
-  char magic[8] = {'M', 'O', 'E', 'G', 'P', 'T', '0', '1'};
+  char magic[8] = {'M', 'O', 'E', 'G', 'P', 'T', '0', '2'};
   std::int64_t vocab = 0, seq = 0, layers = 0, heads = 0, hidden = 0, ffn = 0, expert_ffn = 0,
                moe_every = 0, tied = 0, experts = 0, top_k = 0, params = 0;
   std::uint64_t seed = 0;
-  std::int64_t step = 0;         ///< optimiser steps done
-  std::uint64_t data_state = 0;  ///< the training data generator's state after `step` batches
+  std::int64_t ranks = 1, rank = 0;  ///< R (moe_gpt: 1) and the rank whose experts these are
+  std::int64_t step = 0;             ///< optimiser steps done
+  std::uint64_t data_state = 0;      ///< the training data generator's state after `step` batches
 };
 
 inline checkpoint_header make_header(model_dims const& d, std::int64_t experts, std::int64_t top_k,
-                                     std::int64_t params, std::uint64_t seed) {
+                                     std::int64_t params, std::uint64_t seed,
+                                     std::int64_t ranks = 1, std::int64_t rank = 0) {
   checkpoint_header h{};
   h.vocab = d.vocab;
   h.seq = d.seq;
@@ -47,6 +51,8 @@ inline checkpoint_header make_header(model_dims const& d, std::int64_t experts, 
   h.top_k = top_k;
   h.params = params;
   h.seed = seed;
+  h.ranks = ranks;
+  h.rank = rank;
   return h;
 }
 
@@ -96,7 +102,9 @@ inline bool load_checkpoint(std::string const& path, checkpoint_header const& ex
       {"experts", expect.experts, got.experts},
       {"top-k", expect.top_k, got.top_k},
       {"parameters", expect.params, got.params},
-      {"seed", static_cast<std::int64_t>(expect.seed), static_cast<std::int64_t>(got.seed)}};
+      {"seed", static_cast<std::int64_t>(expect.seed), static_cast<std::int64_t>(got.seed)},
+      {"ranks", expect.ranks, got.ranks},
+      {"rank", expect.rank, got.rank}};
   for (auto const& fl : fields)
     if (ok && fl.want != fl.have) {
       std::fprintf(stderr, "error: checkpoint %s has %s = %lld, this run %lld\n", path.c_str(),

@@ -11,6 +11,12 @@
 //                                                    2 cores)
 //   or  cmake --preset host && cmake --build --preset host --target moe_gpt &&
 //       ./build/host/examples/moe_gpt --help
+//
+// Expert parallelism: the same source built with MOE_GPT_MPI (target moe_gpt_mpi) runs under
+// `mpirun -np R moe_gpt_mpi [flags]`: each rank trains on its share (B/R sequences) of every
+// global batch, the MoE layers are expert-parallel over MPI_COMM_WORLD (E/R experts a rank),
+// the other parameters data-parallel (ranks.hpp). Same flags, same global batches, the same
+// losses as moe_gpt up to summation order.
 #include <algorithm>  // std::min, std::max
 #include <chrono>     // std::chrono::steady_clock
 #include <cmath>      // std::abs
@@ -22,22 +28,34 @@
 
 #include <moe/moe.hpp>  // moe::config, moe::dispatch, moe::config_list, moe::describe
 
+#if defined(MOE_GPT_MPI)
+#include <mpi.h>             // MPI_Init, MPI_COMM_WORLD
+#include <moe/comm/mpi.hpp>  // moe::comm::mpi: the MoE layers' expert-parallel group
+#endif
+
 #include "checkpoint.hpp"  // gpt::save_checkpoint, load_checkpoint
 #include "data.hpp"        // gpt::dataset, gpt::batch, language names
 #include "model.hpp"       // gpt::model, model_dims, forward_stats
 #include "optim.hpp"       // gpt::adamw, learning_rate, global_norm
+#include "ranks.hpp"       // gpt::ranks (sums over MPI ranks in a fixed order), gpt::fail
 
-// Programs (not the library) may stop on an error: print the status and exit.
+// Programs (not the library) may stop on an error: print the status and exit (every rank).
 #define CHECK_OK(expr)                                                                  \
   do {                                                                                  \
     ::moe::status const s_ = (expr);                                                    \
     if (!s_.ok()) {                                                                     \
       std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, s_.message()); \
-      std::exit(EXIT_FAILURE);                                                          \
+      ::gpt::fail();                                                                    \
     }                                                                                   \
   } while (false)
 
 namespace {
+
+#if defined(MOE_GPT_MPI)
+using group_comm = moe::comm::mpi;  // expert parallelism over MPI_COMM_WORLD
+#else
+using group_comm = moe::comm::local;  // one rank holds every expert
+#endif
 
 /// The MoE layer this example trains: 8 experts, top-2, capacity factor 1.25 in training and
 /// 2.0 in evaluation, weights renormalised over the two choices, GELU experts, float32.
@@ -242,36 +260,47 @@ struct eval_result {
   std::vector<std::int64_t> routes;
 };
 
+/// Evaluates the fixed validation set; with R ranks, each rank takes its share of every batch
+/// and the sums are the group's (every rank gets the same result).
 template <moe::config C>
-eval_result evaluate(gpt::model<C>& m, gpt::dataset const& data, options const& o) {
-  std::int64_t const B = o.batch, S = o.dims.seq, T = B * S, K = C.top_k, E = C.experts;
+eval_result evaluate(gpt::model<C, group_comm>& m, gpt::dataset const& data, options const& o,
+                     gpt::ranks& group) {
+  std::int64_t const B = o.batch / group.size(), S = o.dims.seq, T = B * S, K = C.top_k,
+                     E = C.experts;
+  std::int64_t const first = B * group.rank();  // this rank's first sequence of a batch
   int const langs = data.languages();
   eval_result r;
   r.lang_loss.assign(static_cast<std::size_t>(langs), 0.0);
   std::vector<double> lang_tokens(static_cast<std::size_t>(langs), 0.0);
   r.routes.assign(static_cast<std::size_t>(m.moe_layers() * langs * E), 0);
   gpt::batch vb;
-  double total = 0.0;
+  std::vector<double> batch_loss(static_cast<std::size_t>(o.val_batches), 0.0);
   for (std::int64_t i = 0; i < o.val_batches; ++i) {
-    data.validation(i, B, S, vb);
+    data.validation(i, o.batch, S, vb);
     gpt::forward_stats st;
-    CHECK_OK(m.forward(vb.bytes.data(), false, 0, st));
-    total += st.loss;
+    CHECK_OK(m.forward(vb.bytes.data() + first * (S + 1), false, 0, st));
+    batch_loss[static_cast<std::size_t>(i)] = st.loss;
     float const* tl = m.token_loss();
     for (std::int64_t t = 0; t < T; ++t) {
-      auto const lang = static_cast<std::size_t>(vb.lang[static_cast<std::size_t>(t / S)]);
+      auto const lang = static_cast<std::size_t>(vb.lang[static_cast<std::size_t>(first + t / S)]);
       r.lang_loss[lang] += static_cast<double>(tl[t]);
       lang_tokens[lang] += 1.0;
     }
     for (std::int64_t l = 0; l < m.moe_layers(); ++l) {
       std::int32_t const* ex = m.routed_experts(l);
       for (std::int64_t t = 0; t < T; ++t) {
-        std::int64_t const lang = vb.lang[static_cast<std::size_t>(t / S)];
+        std::int64_t const lang = vb.lang[static_cast<std::size_t>(first + t / S)];
         for (std::int64_t k = 0; k < K; ++k)
           ++r.routes[static_cast<std::size_t>((l * langs + lang) * E + ex[t * K + k])];
       }
     }
   }
+  group.sum(batch_loss);
+  group.sum(r.lang_loss);
+  group.sum(lang_tokens);
+  group.sum(r.routes);
+  double total = 0.0;
+  for (double v : batch_loss) total += v / static_cast<double>(group.size());
   r.loss = total / static_cast<double>(o.val_batches);
   for (std::size_t l = 0; l < r.lang_loss.size(); ++l)
     r.lang_loss[l] = lang_tokens[l] > 0.0 ? r.lang_loss[l] / lang_tokens[l] : std::nan("");
@@ -284,7 +313,7 @@ eval_result evaluate(gpt::model<C>& m, gpt::dataset const& data, options const& 
 /// decision (an expert choice or a drop) makes the difference meaningless, so h is quartered
 /// until neither step changes one (the element is reported as skipped after 4 tries).
 template <moe::config C>
-int grad_check(gpt::model<C>& m, gpt::dataset& data, options const& o) {
+int grad_check(gpt::model<C, group_comm>& m, gpt::dataset& data, options const& o) {
   gpt::batch b;
   data.next_train(o.batch, o.dims.seq, b);
   m.zero_grad();
@@ -337,7 +366,32 @@ int grad_check(gpt::model<C>& m, gpt::dataset& data, options const& o) {
 }
 
 template <moe::config C>
-int run(options const& o) {
+int run(options o) {
+#if defined(MOE_GPT_MPI)
+  gpt::ranks group(MPI_COMM_WORLD);
+  group_comm const comm(MPI_COMM_WORLD);
+  if (o.threads == 0) o.threads = 1;  // one thread a rank unless asked: ranks share the cores
+#else
+  gpt::ranks group;
+  group_comm const comm;
+#endif
+  int const R = group.size();
+  if (o.batch % R != 0 || (o.dims.moe_every > 0 && C.experts % R != 0)) {
+    if (group.rank() == 0)
+      std::fprintf(stderr, "error: %d ranks: expected them to divide --batch %lld and E = %d\n", R,
+                   static_cast<long long>(o.batch), C.experts);
+    return EXIT_FAILURE;  // every rank sees the same flags and returns here
+  }
+  if (R > 1 && o.grad_check) {
+    if (group.rank() == 0) std::fprintf(stderr, "error: --grad-check: run it with moe_gpt\n");
+    return EXIT_FAILURE;
+  }
+  if (group.rank() != 0) {  // rank 0 prints and writes the CSV; the others only compute
+    if (std::freopen("/dev/null", "w", stdout) == nullptr) gpt::fail();
+    o.csv.clear();
+  }
+  std::int64_t const B = o.batch / R;  // this rank's sequences of each global batch
+  std::int64_t const first = B * group.rank();
   gpt::dataset data(o.seed);
   if (!o.data.empty() && !data.load_file(o.data.c_str(), o.dims.seq)) {
     std::fprintf(stderr, "error: --data %s: cannot read it, or it is too short for --seq %lld\n",
@@ -362,12 +416,17 @@ int run(options const& o) {
     }
     return 0;
   }
-  gpt::model<C> m;
-  CHECK_OK(m.build(o.dims, o.batch, o.threads, o.aux_coef, o.z_coef));
+  gpt::model<C, group_comm> m;
+  CHECK_OK(m.build(o.dims, B, o.threads, o.aux_coef, o.z_coef, comm, o.batch));
   CHECK_OK(m.init(o.seed));
   gpt::adamw opt(o.adam, m.tensors(), static_cast<std::int64_t>(m.params().size()));
-  auto const header = gpt::make_header(o.dims, C.experts, C.top_k,
-                                       static_cast<std::int64_t>(m.params().size()), o.seed);
+  auto const header =
+      gpt::make_header(o.dims, C.experts, C.top_k, static_cast<std::int64_t>(m.params().size()),
+                       o.seed, R, group.rank());
+  // With R ranks each rank keeps its own checkpoint file (its experts differ): FILE.r<rank>.
+  auto const ckpt_path = [&](std::string const& f) {
+    return R > 1 ? f + ".r" + std::to_string(group.rank()) : f;
+  };
 
   char cfg[200];
   moe::describe(C, cfg, sizeof cfg);
@@ -385,8 +444,14 @@ int run(options const& o) {
                 static_cast<long long>(o.dims.moe_every), cfg,
                 static_cast<long long>(o.dims.expert_ffn));
   std::printf("  dense FFN F=%lld; parameters %lld total, %lld active per token\n",
-              static_cast<long long>(o.dims.ffn), static_cast<long long>(m.params().size()),
+              static_cast<long long>(o.dims.ffn), static_cast<long long>(m.total_parameters()),
               static_cast<long long>(m.active_parameters()));
+  if (R > 1)
+    std::printf(
+        "  expert parallel: %d ranks, %lld sequences and %d experts a rank, %lld "
+        "parameters a rank, %d thread(s) a rank\n",
+        R, static_cast<long long>(B), C.experts / R, static_cast<long long>(m.params().size()),
+        o.threads);
   std::printf("  data: %s; %lld steps, lr %.1e (warm-up %lld, cosine), seed %llu\n",
               o.data.empty() ? "6 synthetic languages" : o.data.c_str(),
               static_cast<long long>(o.steps), static_cast<double>(o.adam.lr),
@@ -398,18 +463,20 @@ int run(options const& o) {
   if (!o.load.empty()) {
     gpt::checkpoint_header got{};
     std::vector<float>* const t[3] = {&m.params(), &opt.first_moment(), &opt.second_moment()};
-    if (!gpt::load_checkpoint(o.load, header, got, t)) return EXIT_FAILURE;
+    if (!gpt::load_checkpoint(ckpt_path(o.load), header, got, t)) gpt::fail();
     step = got.step;
     data.set_state(got.data_state);
-    std::printf("  resumed from %s at step %lld\n", o.load.c_str(), static_cast<long long>(step));
+    std::printf("  resumed from %s at step %lld\n", ckpt_path(o.load).c_str(),
+                static_cast<long long>(step));
   }
   auto const save = [&](std::int64_t done) {
     auto h = header;
     h.step = done;
     h.data_state = data.state();
     std::vector<float> const* const t[3] = {&m.params(), &opt.first_moment(), &opt.second_moment()};
-    if (!gpt::save_checkpoint(o.save, h, t)) std::exit(EXIT_FAILURE);
-    std::printf("  saved %s at step %lld\n", o.save.c_str(), static_cast<long long>(done));
+    if (!gpt::save_checkpoint(ckpt_path(o.save), h, t)) gpt::fail();
+    std::printf("  saved %s at step %lld\n", ckpt_path(o.save).c_str(),
+                static_cast<long long>(done));
   };
 
   std::FILE* csv = nullptr;
@@ -421,7 +488,7 @@ int run(options const& o) {
     load_csv = std::fopen(lp.c_str(), "w");
     if (csv == nullptr || load_csv == nullptr) {
       std::fprintf(stderr, "error: cannot write %s / %s\n", o.csv.c_str(), lp.c_str());
-      return EXIT_FAILURE;
+      gpt::fail();
     }
     std::fprintf(csv,
                  "step,lr,loss,moe_loss,aux_loss,z_loss,dropped_frac,load_max_mean,"
@@ -442,12 +509,15 @@ int run(options const& o) {
   bool evaluated = false;
   for (; step < last; ++step) {
     auto const t0 = std::chrono::steady_clock::now();
-    data.next_train(o.batch, o.dims.seq, tb);
+    data.next_train(o.batch, o.dims.seq, tb);  // the global batch; this rank takes its share
     m.zero_grad();
     gpt::forward_stats st;
-    CHECK_OK(m.forward(tb.bytes.data(), true, static_cast<std::uint64_t>(step), st));
+    CHECK_OK(m.forward(tb.bytes.data() + first * (o.dims.seq + 1), true,
+                       static_cast<std::uint64_t>(step), st));
     CHECK_OK(m.backward());
-    double const norm = gpt::global_norm(m.grads(), o.threads);
+    group.reduce_gradients(m.grads(), m.tensors(), o.threads);  // replicated: sum over ranks
+    st.loss = group.mean(st.loss);  // the MoE statistics are already the group's
+    double const norm = group.global_norm(m.grads(), m.tensors(), o.threads);
     float const scale = o.adam.clip > 0.0f && norm > static_cast<double>(o.adam.clip)
                             ? static_cast<float>(static_cast<double>(o.adam.clip) / norm)
                             : 1.0f;
@@ -466,7 +536,7 @@ int run(options const& o) {
           st.aux, 100.0 * st.dropped, st.load_spread, static_cast<double>(lr), norm, tok_s);
     evaluated = o.eval_every > 0 && (done % o.eval_every == 0 || done == o.steps);
     if (evaluated) {
-      ev = evaluate(m, data, o);
+      ev = evaluate(m, data, o, group);
       std::printf("eval  %5lld | val loss %.4f |", static_cast<long long>(done), ev.loss);
       for (int l = 0; l < langs; ++l)
         std::printf(" %s %.3f", data.language_name(l), ev.lang_loss[static_cast<std::size_t>(l)]);
@@ -536,6 +606,9 @@ int run(options const& o) {
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress lines appear as they happen, even in a pipe
   options const o = parse(argc, argv);
+#if defined(MOE_GPT_MPI)
+  MPI_Init(&argc, &argv);
+#endif
   // The run-time description of the MoE layer, looked up among this program's compiled configs
   // (dense runs use the top-2 config only for its float32 types).
   moe::config wanted = gpt_top2;
@@ -552,5 +625,8 @@ int main(int argc, char** argv) {
   if (!s.ok())
     std::fprintf(stderr, "error: --experts %lld --top-k %lld: %s\n",
                  static_cast<long long>(o.experts), static_cast<long long>(o.top_k), s.message());
+#if defined(MOE_GPT_MPI)
+  MPI_Finalize();
+#endif
   return rc;
 }

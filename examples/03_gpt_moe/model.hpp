@@ -18,6 +18,11 @@
 // All parameters (the MoE layers' included, bound with layer::bind_flat) live in ONE flat
 // float buffer, and their gradients in another of the same layout; the optimiser and the
 // checkpoint see only those.
+//
+// Expert parallelism (moe_gpt_mpi, Comm = moe::comm::mpi): the model holds this rank's share
+// of the group's batch, its MoE layers hold E/R experts each (tensor_info::expert), and the
+// loss is normalised by the GROUP's token count, so the ranks' gradients of the replicated
+// parameters add up to the single-process gradient (ranks.hpp sums them).
 #pragma once
 
 #include <algorithm>  // std::max, std::fill
@@ -67,24 +72,29 @@ struct forward_stats {
 struct tensor_info {
   std::string name;
   std::int64_t offset = 0, size = 0;
-  bool decay = false;  ///< AdamW weight decay (matrices), not biases, gains or embeddings
+  bool decay = false;   ///< AdamW weight decay (matrices), not biases, gains or embeddings
+  bool expert = false;  ///< a routed expert's tensor: local to its rank (not replicated)
 };
 
-template <moe::config C>
+template <moe::config C, class Comm = moe::comm::local>
 class model {
   static_assert(C.act == moe::precision::fp32 && C.weight == moe::precision::fp32,
                 "the GPT example computes in float32");
 
  public:
-  using moe_layer = moe::layer<C>;
+  using moe_layer = moe::layer<C, moe::host_policy, Comm>;
 
   /// Lays out the parameters for `d`, allocates them and the activations for `batch`
-  /// sequences, and binds the MoE layers to their slices of the flat buffers.
+  /// sequences, and binds the MoE layers to their slices of the flat buffers. Expert
+  /// parallelism: `comm` is the group (R ranks, E/R experts each) and `group_batch` the
+  /// group's sequences (0: `batch`), which normalise the loss.
   moe::status build(model_dims const& d, std::int64_t batch, int threads, float aux_coef,
-                    float z_coef) {
+                    float z_coef, Comm comm = {}, std::int64_t group_batch = 0) {
     d_ = d;
     B_ = batch;
     T_ = batch * d.seq;
+    Tg_ = (group_batch > 0 ? group_batch : batch) * d.seq;
+    R_ = comm.size();
     threads_ = threads;
     aux_coef_ = aux_coef;
     z_coef_ = z_coef;
@@ -115,7 +125,7 @@ class model {
       b.ln2_b = add("ln2.b", l, H, false);
       if (d.is_moe(l)) {
         b.moe = static_cast<int>(moe_.size());
-        moe_.emplace_back(moe::layer_shape{.hidden = H, .ffn = d.expert_ffn});
+        moe_.emplace_back(moe::layer_shape{.hidden = H, .ffn = d.expert_ffn, .ep_size = R_}, comm);
         b.moe_params = at;
         at += moe_.back().parameter_count();  // sub-tensors registered after binding
       } else {
@@ -139,16 +149,18 @@ class model {
       MOE_TRY(m.bind_flat(p(b.moe_params), g(b.moe_params)));
       auto const& mp = m.params();
       std::int64_t const E = C.experts, Fe = d.expert_ffn;
-      auto const sub = [&](char const* name, float const* ptr, std::int64_t size, bool decay) {
+      std::int64_t const El = E / R_;  // this rank's experts
+      auto const sub = [&](char const* name, float const* ptr, std::int64_t size, bool decay,
+                           bool expert) {
         tensors_.push_back({"h" + std::to_string(l) + ".moe." + name,
-                            static_cast<std::int64_t>(ptr - params_.data()), size, decay});
+                            static_cast<std::int64_t>(ptr - params_.data()), size, decay, expert});
       };
-      sub("w_gate", mp.w_gate, H * E, true);
-      sub("w1", mp.w1, E * Fe * H, true);
-      sub("b1", mp.b1, E * Fe, false);
-      sub("w2", mp.w2, E * H * Fe, true);
-      sub("b2", mp.b2, E * H, false);
-      if (H * E + 2 * E * Fe * H + E * Fe + E * H != m.parameter_count())
+      sub("w_gate", mp.w_gate, H * E, true, false);
+      sub("w1", mp.w1, El * Fe * H, true, true);
+      sub("b1", mp.b1, El * Fe, false, true);
+      sub("w2", mp.w2, El * H * Fe, true, true);
+      sub("b2", mp.b2, El * H, false, true);
+      if (H * E + 2 * El * Fe * H + El * Fe + El * H != m.parameter_count())
         return moe::status::error(moe::errc::internal,
                                   "moe layer: unexpected parameter layout (%lld parameters)",
                                   static_cast<long long>(m.parameter_count()));
@@ -312,7 +324,7 @@ class model {
     }
     if (moe_layers > 0) {
       auto const n = static_cast<double>(moe_layers);
-      out.dropped /= n * static_cast<double>(T * C.top_k);
+      out.dropped /= n * static_cast<double>(Tg_ * C.top_k);  // the group's routes
       out.aux /= n;
       out.z /= n;
       out.load_spread /= n;
@@ -336,16 +348,16 @@ class model {
     });
     double total = 0.0;
     for (std::int64_t t = 0; t < T; ++t) total += static_cast<double>(token_loss_[sz(t)]);
-    out.loss = total / static_cast<double>(T);
+    out.loss = total / static_cast<double>(T);  // this rank's tokens
     return {};
   }
 
-  /// Backward of the last forward (a training one): gradients of mean cross-entropy + the MoE
-  /// losses, ADDED to grads() (zero them first with zero_grad()).
+  /// Backward of the last forward (a training one): gradients of mean cross-entropy (over the
+  /// group's tokens) + the MoE losses, ADDED to grads() (zero them first with zero_grad()).
   moe::status backward() {
     std::int64_t const H = d_.hidden, S = d_.seq, V = d_.vocab, T = T_;
     std::uint8_t const* bytes = bytes_;
-    float const inv_t = 1.0f / static_cast<float>(T);
+    float const inv_t = 1.0f / static_cast<float>(Tg_);
     parallel_for(threads_, T, [&](std::int64_t t) {
       float* z = logits_.data() + t * V;
       z[bytes[(t / S) * (S + 1) + t % S + 1]] -= 1.0f;
@@ -464,12 +476,18 @@ class model {
   /// Per-token cross-entropy of the last forward, [T].
   [[nodiscard]] float const* token_loss() const noexcept { return token_loss_.data(); }
 
+  /// Parameters of the whole model (every rank's experts).
+  [[nodiscard]] std::int64_t total_parameters() const noexcept {
+    std::int64_t n = static_cast<std::int64_t>(params_.size());
+    for (auto const& m : moe_) n += (R_ - 1) * (m.parameter_count() - d_.hidden * C.experts);
+    return n;
+  }
   /// Parameters a token uses: all but the experts it is not routed to (top-K of E).
   [[nodiscard]] std::int64_t active_parameters() const noexcept {
-    std::int64_t n = static_cast<std::int64_t>(params_.size());
+    std::int64_t n = total_parameters();
     for (auto const& m : moe_) {
-      std::int64_t const experts_part = m.parameter_count() - d_.hidden * C.experts;
-      n -= experts_part / C.experts * (C.experts - C.top_k);
+      std::int64_t const experts_part = m.parameter_count() - d_.hidden * C.experts;  // E/R
+      n -= experts_part * R_ / C.experts * (C.experts - C.top_k);
     }
     return n;
   }
@@ -668,7 +686,9 @@ class model {
   }
 
   model_dims d_{};
-  std::int64_t B_ = 0, T_ = 0;
+  std::int64_t B_ = 0, T_ = 0;  // this rank's sequences and tokens
+  std::int64_t Tg_ = 0;         // the group's tokens (the loss's denominator)
+  std::int32_t R_ = 1;          // expert-parallel ranks
   int threads_ = 0;
   float aux_coef_ = 0.01f, z_coef_ = 0.0f;
   std::int64_t rows_[2] = {0, 0};  // one "expert" holding all T rows
