@@ -97,12 +97,37 @@ class mpi {
     return s;
   }
 
-  /// In-place sum over the group of n doubles, floats or int64s (every rank gets the sum).
+  /// In-place sum over the group of n doubles, floats or int64s: every rank gets the same bits,
+  /// the sum taken in rank order (r = 0, 1, ...). MPI_Allreduce does not promise that for
+  /// floating point (its algorithm may associate differently on different ranks), so floats
+  /// are gathered (MPI_Allgather, R·n values of host scratch allocated here) and summed in
+  /// order; int64s, whose sum is exact, go through MPI_Allreduce.
   template <class T>
   [[nodiscard]] status all_reduce_sum(T* data, std::int64_t n) const noexcept {
-    return check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), type_of<T>(), MPI_SUM,
-                               comm_),
-                 "MPI_Allreduce(sum)");
+    if (n <= 0) return {};
+    if constexpr (static_cast<T>(0.5) == 0) {
+      return check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), type_of<T>(), MPI_SUM,
+                                 comm_),
+                   "MPI_Allreduce(sum)");
+    } else {
+      std::vector<T> all;
+      try {
+        all.resize(static_cast<std::size_t>(n) * static_cast<std::size_t>(size_));
+      } catch (...) {
+        return status::error(errc::out_of_memory,
+                             "comm::mpi::all_reduce_sum: no memory for %lld x %d values",
+                             static_cast<long long>(n), size_);
+      }
+      MOE_TRY(check(MPI_Allgather(data, static_cast<int>(n), type_of<T>(), all.data(),
+                                  static_cast<int>(n), type_of<T>(), comm_),
+                    "MPI_Allgather (ordered sum)"));
+      for (std::int64_t i = 0; i < n; ++i) {
+        T s = all[static_cast<std::size_t>(i)];
+        for (int r = 1; r < size_; ++r) s += all[static_cast<std::size_t>(r * n + i)];
+        data[i] = s;
+      }
+      return {};
+    }
   }
 
   /// In-place maximum over the group of n int64s.
