@@ -13,7 +13,8 @@
 // Memory: parameters and gradients are either caller-owned (bind) or layer-owned (allocate,
 // once, outside any step). Everything a step needs besides them lives in one caller-owned
 // workspace of workspace_bytes(problem) bytes; forward leaves there what backward reads, so the
-// same workspace goes to both. Nothing is allocated inside forward or backward.
+// same workspace goes to both. Nothing is allocated inside forward or backward: the ops' own
+// scratch (the host router's, the CUDA ops') is a region of that workspace.
 //
 // This header is the host backend's layer (moe::host_policy). Its CUDA twin takes the same
 // argument structs (docs/layer.md).
@@ -196,6 +197,7 @@ struct workspace_layout {
   std::size_t d_weight = 0, d_logits = 0, d_logits_acc = 0, d_o = 0, d_pre = 0, dxp = 0,
               d_moe = 0, d_res = 0, d_coef = 0, dx_a = 0, dx_sum = 0, dense_d_pre = 0;
   std::size_t op_scratch = 0;  // workspace of the backend's ops (route, plan, ...), if any
+  std::size_t op_scratch_bytes = 0;  // its size
   // Expert parallelism (R > 1): the group's routing, replicated on every rank, and the rows
   // this rank's experts receive (rows_recv bounds them).
   std::int64_t group_tokens = 0, rows_recv = 0;
@@ -292,6 +294,7 @@ workspace_layout make_layout(layer_shape const& s, problem const& p, std::size_t
   std::int64_t const Fd = Fs > Fr ? Fs : Fr;  // the dense FFNs' backward scratch, shared
   w.dense_d_pre = take(at, T * gate * Fd, sizeof(A));
   w.op_scratch = take(at, static_cast<std::int64_t>(op_scratch), 1);  // the backend ops' own
+  w.op_scratch_bytes = op_scratch;
   if (expert_parallel) {
     std::int64_t const Tg = g.tokens, R = p.ep_size, El = E / R;
     std::int64_t const Mr = plan_rows_bound(Tg, C.top_k, static_cast<std::int32_t>(El), cap,
@@ -374,10 +377,20 @@ struct layer_memory<host_policy> {
     return {};
   }
   static constexpr std::size_t base_alignment = 64;
-  /// The backend ops' scratch inside the layer's workspace: none on the host.
+  /// The backend ops' scratch inside the layer's workspace: the host router's (route and
+  /// route_backward run one after another, so they share it), for this rank's problem and for
+  /// the expert-parallel group's, whichever is larger. The other host ops need none.
   template <config C>
-  static std::size_t op_scratch(layer_shape const&, layer_options const&, problem const&) noexcept {
-    return 0;
+  static std::size_t op_scratch(layer_shape const&, layer_options const& o,
+                                problem const& p) noexcept {
+    std::size_t need = 0;
+    for (problem const& q : {p, group_problem(p)}) {
+      std::size_t const f = route_workspace_bytes<C>(host_policy{}, q);
+      std::size_t const b = route_backward_workspace_bytes<C>(host_policy{}, q, o.router);
+      need = f > need ? f : need;
+      need = b > need ? b : need;
+    }
+    return need;
   }
 };
 

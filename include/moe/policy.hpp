@@ -17,9 +17,20 @@ namespace moe {
 using stream_t = CUstream_st*;
 
 /// Runs an op on the CPU backend. `threads` caps the OpenMP threads (0 = OpenMP's default).
+/// `workspace` (optional, host memory of `workspace_bytes` bytes, any alignment): scratch for
+/// the ops that need some (route, route_backward: route_workspace_bytes); with none given they
+/// allocate it themselves inside the call. moe::layer hands its ops a region of its own
+/// workspace, so that a layer step allocates nothing.
 struct host_policy {
   int threads = 0;
-  [[nodiscard]] constexpr host_policy with_threads(int n) const noexcept { return {n}; }
+  void* workspace = nullptr;
+  std::size_t workspace_bytes = 0;
+  [[nodiscard]] constexpr host_policy with_threads(int n) const noexcept {
+    return {n, workspace, workspace_bytes};
+  }
+  [[nodiscard]] constexpr host_policy with_workspace(void* ws, std::size_t bytes) const noexcept {
+    return {threads, ws, bytes};
+  }
 };
 
 /// Runs an op on the CUDA backend, enqueued on `stream`, using `workspace` (device memory of

@@ -114,8 +114,21 @@ constexpr std::uint64_t router_noise_words(std::int64_t tokens) noexcept {
   return 2u * static_cast<std::uint64_t>(tokens) * static_cast<std::uint64_t>(C.experts);
 }
 
+/// Bytes of host scratch route<C>(policy, p, ...) needs: O(T·K + E). Pass them as
+/// policy.with_workspace(ptr, bytes) (any alignment) and route allocates nothing; without a
+/// workspace it allocates this much itself, inside the call (0 for an invalid T).
+template <config C>
+[[nodiscard]] std::size_t route_workspace_bytes(host_policy policy, problem const& p) noexcept;
+
+/// Bytes of host scratch route_backward<C> needs: O(E) (see route_workspace_bytes).
+template <config C>
+[[nodiscard]] std::size_t route_backward_workspace_bytes(host_policy policy, problem const& p,
+                                                         router_options const& opt = {}) noexcept;
+
 /// Routes T tokens on the CPU: experts, weights, slots, counts, losses and statistics. Runs on
 /// one thread (policy.threads is not used yet); outputs are untouched when an argument is rejected.
+/// Scratch comes from policy.workspace (errc::workspace_too_small when it is smaller than
+/// route_workspace_bytes), or is allocated inside the call when the policy has none.
 /// @param p      tokens T, training flag (capacity factor, noise), min_capacity, seed
 /// @param opt    weight scale, selection bias, noise, sequence length
 /// @param a      logits [T, E] in; expert, weight, slot [T, K], counts, kept [E], stats out

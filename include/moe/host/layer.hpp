@@ -20,9 +20,10 @@ namespace moe::detail::layer_impl {
 
 template <>
 struct layer_glue<host_policy> {
-  /// The host ops take the caller's policy (they need no scratch of the layer's).
-  static host_policy ops(host_policy policy, void*, workspace_layout const&) noexcept {
-    return policy;
+  /// The host ops take the caller's policy with the workspace's op_scratch region as theirs
+  /// (the router's scratch), so that they allocate nothing.
+  static host_policy ops(host_policy policy, void* ws, workspace_layout const& L) noexcept {
+    return policy.with_workspace(at<char>(ws, L.op_scratch), L.op_scratch_bytes);
   }
 
   template <class From, class To>
@@ -342,7 +343,8 @@ status layer_forward_ep(host_policy policy, layer_state<C> const& self, Comm con
   auto* const g_slot = at<std::int32_t>(ws, L.g_slot);
   auto* const g_weight = at<float>(ws, L.g_weight);
   auto* const st = at<route_stats>(ws, L.stats);
-  MOE_TRY(route<C>(policy, pg, self.options.router,
+  host_policy const ops = layer_glue<host_policy>::ops(policy, ws, L);  // the router's scratch
+  MOE_TRY(route<C>(ops, pg, self.options.router,
                    route_args{.logits = g_logits,
                               .expert = g_expert,
                               .weight = g_weight,
@@ -563,7 +565,8 @@ status layer_backward_ep(host_policy policy, layer_state<C> const& self, Comm co
   MOE_TRY(comm.all_gather_v(d_weight, T, g_d_weight, rows_of,
                             static_cast<std::size_t>(K) * sizeof(float)));
   for (std::int64_t r = 0; r < R; ++r) rows_of[r] = 1;  // restore the counts' row sizes
-  MOE_TRY(route_backward<C>(policy, pg, self.options.router,
+  host_policy const ops = layer_glue<host_policy>::ops(policy, ws, L);  // the router's scratch
+  MOE_TRY(route_backward<C>(ops, pg, self.options.router,
                             route_backward_args{.logits = at<float>(ws, L.g_logits),
                                                 .expert = at<std::int32_t>(ws, L.g_expert),
                                                 .slot = at<std::int32_t>(ws, L.g_slot),

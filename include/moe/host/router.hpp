@@ -29,8 +29,10 @@
 #include <cfloat>     // FLT_MIN
 #include <cmath>      // std::exp, std::log, std::isfinite
 #include <cstdint>    // std::int32_t, std::int64_t, std::uint64_t
-#include <memory>     // std::unique_ptr
-#include <new>        // std::nothrow
+#include <cstddef>    // std::size_t
+#include <cstdint>    // std::uintptr_t
+#include <memory>     // std::unique_ptr (scratch when the policy has no workspace)
+#include <new>        // std::nothrow, placement new
 
 #include "moe/config.hpp"             // moe::config, max_experts
 #include "moe/detail/float_math.hpp"  // detail::add_rn, mul_rn, div_rn
@@ -158,11 +160,104 @@ route_shape route_shape_of(problem const& p) noexcept {
           capacity<C>(p)};
 }
 
-/// Host scratch that never throws: null when the allocation fails.
-template <class T>
-std::unique_ptr<T[]> route_scratch(std::int64_t n) noexcept {
-  return std::unique_ptr<T[]>(new (std::nothrow) T[static_cast<std::size_t>(n > 0 ? n : 1)]);
+/// One token's working rows (E <= max_experts: fixed size, one per call).
+struct route_row {
+  float s[max_experts];       // scores over all E
+  float key[max_experts];     // selection key
+  bool allowed[max_experts];  // in a kept group and not chosen yet
+};
+
+/// Byte offsets of the host router's scratch inside one block (the caller's workspace, or one
+/// allocation of its own when the policy has none). Every region is 64-byte aligned from a
+/// base that is itself aligned up to 64 bytes, so `bytes` includes 63 bytes of slack and the
+/// caller's pointer may have any alignment.
+struct route_scratch_layout {
+  // forward
+  std::size_t gate = 0, key = 0, order = 0, first = 0, fill = 0, P = 0, seq_P = 0, seq_cnt = 0,
+              count1 = 0, row = 0;
+  // backward
+  std::size_t cnt = 0, seq_cnt_d = 0;
+  std::size_t bytes = 0;
+};
+
+inline std::size_t route_take_bytes(std::size_t& at, std::int64_t n, std::size_t elem) noexcept {
+  std::size_t const start = (at + 63) / 64 * 64;
+  at = start + static_cast<std::size_t>(n > 0 ? n : 0) * elem;
+  return start;
 }
+
+/// route's scratch for T tokens: O(T·K) for the routes, O(E) for the sums, one route_row.
+inline route_scratch_layout route_forward_layout(std::int64_t T, std::int32_t K,
+                                                 std::int32_t E) noexcept {
+  route_scratch_layout L;
+  std::size_t at = 0;
+  std::int64_t const R = T > 0 ? T * K : 0;
+  L.gate = route_take_bytes(at, R, sizeof(float));     // [T, K] a_k: clean probability
+  L.key = route_take_bytes(at, R, sizeof(float));      // [T, K] priority
+  L.order = route_take_bytes(at, R, sizeof(std::int64_t));
+  L.first = route_take_bytes(at, E + 1, sizeof(std::int64_t));
+  L.fill = route_take_bytes(at, E, sizeof(std::int64_t));
+  L.P = route_take_bytes(at, E, sizeof(double));
+  L.seq_P = route_take_bytes(at, E, sizeof(double));
+  L.seq_cnt = route_take_bytes(at, E, sizeof(std::int64_t));
+  L.count1 = route_take_bytes(at, E, sizeof(std::int64_t));
+  L.row = route_take_bytes(at, 1, sizeof(route_row));
+  L.bytes = (at + 63) / 64 * 64 + 63;
+  return L;
+}
+
+/// route_backward's scratch: two [E] sums.
+inline route_scratch_layout route_backward_layout(std::int32_t E) noexcept {
+  route_scratch_layout L;
+  std::size_t at = 0;
+  L.cnt = route_take_bytes(at, E, sizeof(double));
+  L.seq_cnt_d = route_take_bytes(at, E, sizeof(double));
+  L.bytes = (at + 63) / 64 * 64 + 63;
+  return L;
+}
+
+/// The scratch block of one call: the policy's workspace when it has one (rejected, before
+/// anything is written, when smaller than `need`), else one allocation of its own, freed on
+/// return. base() is 64-byte aligned, or null after a failed allocation.
+class route_scratch_block {
+ public:
+  route_scratch_block(host_policy const& policy, std::size_t need) noexcept {
+    if (need == 0) return;  // nothing to hold (T = 0): no allocation
+    if (policy.workspace != nullptr) {
+      if (policy.workspace_bytes < need) {
+        error_ = status::error(errc::workspace_too_small,
+                               "host_policy.workspace: expected >= %zu bytes "
+                               "(route_workspace_bytes / route_backward_workspace_bytes), got %zu",
+                               need, policy.workspace_bytes);
+        return;
+      }
+      raw_ = static_cast<char*>(policy.workspace);
+    } else {
+      owned_.reset(new (std::nothrow) char[need]);
+      raw_ = owned_.get();
+      if (raw_ == nullptr)
+        error_ = status::error(errc::out_of_memory,
+                               "route: could not allocate %zu bytes of host scratch (or pass a "
+                               "workspace: host_policy::with_workspace)",
+                               need);
+    }
+  }
+  [[nodiscard]] status const& error() const noexcept { return error_; }
+  [[nodiscard]] char* base() const noexcept {
+    if (raw_ == nullptr) return nullptr;
+    auto const a = reinterpret_cast<std::uintptr_t>(raw_);
+    return raw_ + ((64 - a % 64) % 64);
+  }
+  template <class T>
+  T* at(std::size_t offset) const noexcept {
+    return reinterpret_cast<T*>(base() + offset);
+  }
+
+ private:
+  char* raw_ = nullptr;
+  std::unique_ptr<char[]> owned_;
+  status error_{};
+};
 
 /// Which noise a call uses, and where each draw comes from (caller's tensor or Philox).
 struct route_noise {
@@ -210,12 +305,6 @@ inline route_noise route_noise_of(route_shape const& sh, problem const& p,
   return n;
 }
 
-/// One token's working rows (E <= max_experts, so they live on the stack).
-struct route_row {
-  float s[max_experts];       // scores over all E
-  float key[max_experts];     // selection key
-  bool allowed[max_experts];  // in a kept group and not chosen yet
-};
 
 /// argmax of key(e) over the allowed experts, ties to the lower index; the winner is then no
 /// longer allowed.
@@ -361,13 +450,8 @@ inline status route_scan_finite(float const* x, std::int64_t rows, std::int32_t 
   return i < 0 ? status{} : route_nonfinite_error(x, i, cols, name);
 }
 
-inline status route_out_of_memory(std::int64_t bytes) noexcept {
-  return status::error(errc::out_of_memory, "route: could not allocate %lld bytes of host scratch",
-                       static_cast<long long>(bytes));
-}
-
 inline status route_forward(route_shape const& sh, problem const& p, router_options const& o,
-                            route_args const& a) noexcept {
+                            route_args const& a, route_scratch_block const& ws) noexcept {
   using namespace ::moe::detail;
   std::int64_t const T = p.tokens;
   std::int32_t const E = sh.experts;
@@ -393,17 +477,16 @@ inline status route_forward(route_shape const& sh, problem const& p, router_opti
   if (T == 0) return {};
 
   std::int64_t const R = T * K;
-  auto gate = route_scratch<float>(R);          // [T, K] a_k: clean probability of each route
-  auto key = route_scratch<float>(R);           // [T, K] priority (probability, random_token)
-  auto order = route_scratch<std::int64_t>(R);  // routes bucketed by expert, then priority order
-  auto first = route_scratch<std::int64_t>(E + 1);
-  auto P = route_scratch<double>(E);  // Σ_t p[t, e]
-  auto seq_P = route_scratch<double>(E);
-  auto seq_cnt = route_scratch<std::int64_t>(E);
-  auto count1 = route_scratch<std::int64_t>(E);  // first choices (DeepSpeed top-2's aux loss)
-  auto row = std::unique_ptr<route_row>(new (std::nothrow) route_row);
-  if (!gate || !key || !order || !first || !P || !seq_P || !seq_cnt || !count1 || !row)
-    return route_out_of_memory(R * 16 + E * 40 + static_cast<std::int64_t>(sizeof(route_row)));
+  route_scratch_layout const SL = route_forward_layout(T, K, E);
+  auto* const gate = ws.at<float>(SL.gate);  // [T, K] a_k: clean probability of each route
+  auto* const key = ws.at<float>(SL.key);    // [T, K] priority (probability, random_token)
+  auto* const order = ws.at<std::int64_t>(SL.order);  // routes by expert, then priority order
+  auto* const first = ws.at<std::int64_t>(SL.first);  // [E + 1]
+  auto* const P = ws.at<double>(SL.P);                // [E] Σ_t p[t, e]
+  auto* const seq_P = ws.at<double>(SL.seq_P);
+  auto* const seq_cnt = ws.at<std::int64_t>(SL.seq_cnt);
+  auto* const count1 = ws.at<std::int64_t>(SL.count1);  // first choices (DeepSpeed top-2's aux)
+  auto* const row = new (ws.base() + SL.row) route_row;  // placement: nothing is allocated
 
   // 2. Per token: experts, gates, native weights, loss sums.
   std::int64_t const L = o.seq_len;
@@ -417,8 +500,8 @@ inline status route_forward(route_shape const& sh, problem const& p, router_opti
   for (std::int64_t t = 0; t < T; ++t) {
     float const* l = a.logits + t * E;
     std::int32_t* ex = a.expert + t * K;
-    double const lse = sh.deepspeed ? select_deepspeed(sh, nz, t, l, *row, ex, gate.get() + t * K)
-                                    : select_native(sh, o, nz, t, l, *row, ex, gate.get() + t * K,
+    double const lse = sh.deepspeed ? select_deepspeed(sh, nz, t, l, *row, ex, gate + t * K)
+                                    : select_native(sh, o, nz, t, l, *row, ex, gate + t * K,
                                                     a.weight + t * K);
     if (a.scores != nullptr)
       for (std::int32_t e = 0; e < E; ++e) a.scores[t * E + e] = row->s[e];
@@ -461,8 +544,7 @@ inline status route_forward(route_shape const& sh, problem const& p, router_opti
   first[0] = 0;
   for (std::int32_t e = 0; e < E; ++e) first[e + 1] = first[e] + a.counts[e];
   {
-    auto fill = route_scratch<std::int64_t>(E);
-    if (!fill) return route_out_of_memory(E * 8);
+    auto* const fill = ws.at<std::int64_t>(SL.fill);
     for (std::int32_t e = 0; e < E; ++e) fill[e] = first[e];
     for (std::int64_t r = 0; r < R; ++r) order[fill[a.expert[r]]++] = r;
   }
@@ -480,7 +562,7 @@ inline status route_forward(route_shape const& sh, problem const& p, router_opti
   bool const rank_slots = sh.deepspeed && K == 2;  // top-2: slot = (k, t) rank
   for (std::int64_t r = 0; r < R; ++r) a.slot[r] = -1;
   for (std::int32_t e = 0; e < E; ++e) {
-    std::int64_t* list = order.get() + first[e];
+    std::int64_t* list = order + first[e];
     std::int64_t const n = first[e + 1] - first[e];
     bool const overflow = !dropless && n > cap;
     prio const sort_by = overflow ? pr : rank_slots ? prio::k_then_t : prio::t;
@@ -510,7 +592,7 @@ inline status route_forward(route_shape const& sh, problem const& p, router_opti
   for (std::int64_t t = 0; t < T; ++t) {
     float* w = a.weight + t * K;
     std::int32_t const* sl = a.slot + t * K;
-    float const* g = gate.get() + t * K;
+    float const* g = gate + t * K;
     dropped += routing::weights_after_drops(sh.deepspeed, sl, g, K, o.weight_scale, w);
   }
 
@@ -538,7 +620,8 @@ inline status route_forward(route_shape const& sh, problem const& p, router_opti
 }
 
 inline status route_backward_host(route_shape const& sh, problem const& p, router_options const& o,
-                                  route_backward_args const& a) noexcept {
+                                  route_backward_args const& a,
+                                  route_scratch_block const& ws) noexcept {
   std::int64_t const T = p.tokens;
   std::int32_t const E = sh.experts;
   std::int32_t const K = sh.top_k;
@@ -561,9 +644,9 @@ inline status route_backward_host(route_shape const& sh, problem const& p, route
     }
   if (T == 0) return {};
 
-  auto cnt = route_scratch<double>(E);
-  auto seq_cnt = route_scratch<double>(E);
-  if (!cnt || !seq_cnt) return route_out_of_memory(E * 16);
+  route_scratch_layout const SL = route_backward_layout(E);
+  auto* const cnt = ws.at<double>(SL.cnt);          // [E] routes per expert, as doubles
+  auto* const seq_cnt = ws.at<double>(SL.seq_cnt_d);  // [E] the same over one sequence
   double const Td = static_cast<double>(T);
   double const Ed = static_cast<double>(E);
   double const Kd = static_cast<double>(K);
@@ -614,11 +697,13 @@ inline status route_backward_host(route_shape const& sh, problem const& p, route
         dp[e] +=
             static_cast<double>(o.seq_aux_loss_coef) * (Ed * seq_cnt[e] / (Kd * Ld)) / Ld / n_seq;
     }
-    if (sigmoid) {  // p = s / Σ s
-      double S = 0.0, dot = 0.0;
-      for (std::int32_t e = 0; e < E; ++e) S += s[e];
-      for (std::int32_t e = 0; e < E; ++e) dot += dp[e] * s[e] / S;
-      for (std::int32_t e = 0; e < E; ++e) ds[e] = (dp[e] - dot) / S;
+    double s_sum = 0.0;
+    if (sigmoid)
+      for (std::int32_t e = 0; e < E; ++e) s_sum += s[e];
+    if (sigmoid && s_sum > 0.0) {  // p = s / Σ s (p = s when every score underflows to 0, as
+      double dot = 0.0;            // in the forward's route_loss_probs: 0/0 would give NaN)
+      for (std::int32_t e = 0; e < E; ++e) dot += dp[e] * s[e] / s_sum;
+      for (std::int32_t e = 0; e < E; ++e) ds[e] = (dp[e] - dot) / s_sum;
     } else {
       for (std::int32_t e = 0; e < E; ++e) ds[e] = dp[e];
     }
@@ -680,19 +765,39 @@ inline status route_backward_host(route_shape const& sh, problem const& p, route
 namespace moe {
 
 template <config C>
-status route(host_policy, problem const& p, router_options const& opt,
-             route_args const& a) noexcept {
-  static_assert(check<C>());
-  MOE_TRY(detail::routing::check<C>(p, opt, a));
-  return backend::host::route_forward(backend::host::route_shape_of<C>(p), p, opt, a);
+std::size_t route_workspace_bytes(host_policy, problem const& p) noexcept {
+  if (p.tokens < 0 || p.tokens > max_tokens) return 0;
+  return backend::host::route_forward_layout(p.tokens, C.top_k, C.experts).bytes;
 }
 
 template <config C>
-status route_backward(host_policy, problem const& p, router_options const& opt,
+std::size_t route_backward_workspace_bytes(host_policy, problem const& p,
+                                           router_options const&) noexcept {
+  if (p.tokens < 0 || p.tokens > max_tokens) return 0;
+  return backend::host::route_backward_layout(C.experts).bytes;
+}
+
+template <config C>
+status route(host_policy policy, problem const& p, router_options const& opt,
+             route_args const& a) noexcept {
+  static_assert(check<C>());
+  MOE_TRY(detail::routing::check<C>(p, opt, a));
+  // Scratch only when there are tokens: T = 0 neither allocates nor needs a workspace.
+  std::size_t const need = p.tokens > 0 ? route_workspace_bytes<C>(policy, p) : 0;
+  backend::host::route_scratch_block const ws(policy, need);
+  MOE_TRY(ws.error());  // a small workspace or no memory: rejected before anything is written
+  return backend::host::route_forward(backend::host::route_shape_of<C>(p), p, opt, a, ws);
+}
+
+template <config C>
+status route_backward(host_policy policy, problem const& p, router_options const& opt,
                       route_backward_args const& a) noexcept {
   static_assert(check<C>());
   MOE_TRY(detail::routing::check<C>(p, opt, a));
-  return backend::host::route_backward_host(backend::host::route_shape_of<C>(p), p, opt, a);
+  std::size_t const need = p.tokens > 0 ? route_backward_workspace_bytes<C>(policy, p, opt) : 0;
+  backend::host::route_scratch_block const ws(policy, need);
+  MOE_TRY(ws.error());
+  return backend::host::route_backward_host(backend::host::route_shape_of<C>(p), p, opt, a, ws);
 }
 
 template <config C>

@@ -710,12 +710,14 @@ __global__ void __launch_bounds__(32 * route_backward_warps<E>)
     }
     if constexpr (sigmoid) {
       double const S = route_warp_sum(s_sum);
-      double dot = 0.0;
+      if (S > 0.0) {  // p = s when every score underflows to 0 (the forward's rule; not 0/0)
+        double dot = 0.0;
 #pragma unroll 1
-      for (int e = lane; e < E; e += 32) dot += acc[e] * sg[e] / S;
-      dot = route_warp_sum(dot);
+        for (int e = lane; e < E; e += 32) dot += acc[e] * sg[e] / S;
+        dot = route_warp_sum(dot);
 #pragma unroll 1
-      for (int e = lane; e < E; e += 32) acc[e] = (acc[e] - dot) / S;
+        for (int e = lane; e < E; e += 32) acc[e] = (acc[e] - dot) / S;
+      }
     }
     __syncwarp();
 
