@@ -301,7 +301,7 @@ workspace_layout make_layout(layer_shape const& s, problem const& p, std::size_t
                                             plan_layout::compact, 1);
     w.group_tokens = Tg;
     w.rows_recv = Mr;
-    w.tok = take(at, 2 * R, sizeof(std::int64_t));
+    w.tok = take(at, 3 * R, sizeof(std::int64_t));  // [R][3]: T, group T, problem fingerprint
     w.g_logits = take(at, Tg * E, sizeof(float));
     w.g_expert = take(at, Tg * K, sizeof(std::int32_t));
     w.g_slot = take(at, Tg * K, sizeof(std::int32_t));

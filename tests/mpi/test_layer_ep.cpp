@@ -229,6 +229,17 @@ int main(int argc, char** argv) {
       moe::status const s = ep.forward(moe::host, p, {x.data(), y.data()}, ws.p, ep.workspace_bytes(p));
       check(s.code() == moe::errc::invalid_argument, "inconsistent group_tokens is an error");
       check(std::strstr(s.message(), "problem.group_tokens") != nullptr, s.message());
+      // Ranks that disagree on another field (here the last rank evaluates while the others
+      // train, which would change the capacity factor) get the same error everywhere.
+      if (R > 1) {
+        moe::problem q = ep.make_problem(5);
+        q.training = rank != R - 1;
+        buffer wq(ep.workspace_bytes(q));
+        moe::status const t = ep.forward(moe::host, q, {x.data(), y.data()}, wq.p,
+                                         ep.workspace_bytes(q));
+        check(t.code() == moe::errc::invalid_argument, "a rank that disagrees is an error");
+        check(std::strstr(t.message(), "disagrees with rank 0") != nullptr, t.message());
+      }
     }
   }
   int total = 0;

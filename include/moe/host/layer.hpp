@@ -215,28 +215,54 @@ struct phase_timer {
   }
 };
 
-/// Every rank's T and expected group T, checked the same way on every rank (so that a problem
-/// that disagrees between ranks gives the same error everywhere instead of a hang later).
+/// A fingerprint of the problem fields every rank of a group must agree on (FNV-1a over them):
+/// training, min_capacity, seed, loss coefficients, H, F, R and the router options' scalars.
+inline std::int64_t problem_fingerprint(problem const& p, router_options const& o) noexcept {
+  std::uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](void const* data, std::size_t n) {
+    auto const* b = static_cast<unsigned char const*>(data);
+    for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  };
+  std::int64_t const ints[] = {p.training ? 1 : 0, p.min_capacity, p.hidden, p.ffn, p.ep_size,
+                               o.seq_len, o.gumbel_top1 ? 1 : 0, o.sample_second ? 1 : 0};
+  mix(ints, sizeof ints);
+  mix(&p.seed, sizeof p.seed);
+  mix(&o.noise_offset, sizeof o.noise_offset);
+  float const floats[] = {p.aux_loss_coef, p.z_loss_coef, o.weight_scale, o.seq_aux_loss_coef};
+  mix(floats, sizeof floats);
+  return static_cast<std::int64_t>(h >> 1);
+}
+
+/// Every rank's T, expected group T and problem fingerprint, checked the same way on every rank
+/// (so that a problem that disagrees between ranks gives the same error everywhere instead of
+/// a hang or a silently different routing later).
 template <class Comm>
-status exchange_tokens(Comm const& comm, problem const& p, workspace_layout const& L, void* ws,
-                       std::int64_t& tokens_before) noexcept {
+status exchange_tokens(Comm const& comm, problem const& p, router_options const& o,
+                       workspace_layout const& L, void* ws, std::int64_t& tokens_before) noexcept {
   std::int32_t const R = comm.size();
-  auto* const tok = at<std::int64_t>(ws, L.tok);  // [R][2]: T_r, expected group T
-  std::int64_t const mine[2] = {p.tokens, L.group_tokens};
-  MOE_TRY(comm.all_gather(mine, 2, tok));
+  auto* const tok = at<std::int64_t>(ws, L.tok);  // [R][3]: T_r, expected group T, fingerprint
+  std::int64_t const mine[3] = {p.tokens, L.group_tokens, problem_fingerprint(p, o)};
+  MOE_TRY(comm.all_gather(mine, 3, tok));
   std::int64_t sum = 0;
   tokens_before = 0;
   for (std::int32_t r = 0; r < R; ++r) {
-    if (r < comm.rank()) tokens_before += tok[2 * r];
-    sum += tok[2 * r];
+    if (r < comm.rank()) tokens_before += tok[3 * r];
+    sum += tok[3 * r];
   }
-  for (std::int32_t r = 0; r < R; ++r)
-    if (tok[2 * r + 1] != sum)
+  for (std::int32_t r = 0; r < R; ++r) {
+    if (tok[3 * r + 1] != sum)
       return status::error(errc::invalid_argument,
                            "problem.group_tokens: the ranks' T sum to %lld, but rank %d expects "
                            "%lld (set group_tokens to the group's total, the same on every rank)",
                            static_cast<long long>(sum), r,
-                           static_cast<long long>(tok[2 * r + 1]));
+                           static_cast<long long>(tok[3 * r + 1]));
+    if (tok[3 * r + 2] != tok[2])
+      return status::error(errc::invalid_argument,
+                           "problem: rank %d disagrees with rank 0 on training, min_capacity, "
+                           "seed, the loss coefficients, H, F or the router options (every rank "
+                           "of the group must pass the same values)",
+                           r);
+  }
   return {};
 }
 
@@ -324,7 +350,7 @@ status layer_forward_ep(host_policy policy, layer_state<C> const& self, Comm con
                          static_cast<long long>(T));
   phase_timer clock{self.options.profile};
   std::int64_t tb = 0;  // tokens of the ranks before this one
-  MOE_TRY(exchange_tokens(comm, p, L, ws, tb));
+  MOE_TRY(exchange_tokens(comm, p, self.options.router, L, ws, tb));
   problem const pg = group_problem(p);
 
   // 1. Router GEMM on this rank's tokens; jitter drawn by the group's token index.
@@ -335,7 +361,7 @@ status layer_forward_ep(host_policy policy, layer_state<C> const& self, Comm con
   // 2. The group's logits on every rank, routed identically everywhere.
   auto* const tok = at<std::int64_t>(ws, L.tok);
   auto* const rows_of = at<std::int64_t>(ws, L.send_rows);  // scratch: T of each rank
-  for (std::int64_t r = 0; r < R; ++r) rows_of[r] = tok[2 * r];
+  for (std::int64_t r = 0; r < R; ++r) rows_of[r] = tok[3 * r];
   auto* const g_logits = at<float>(ws, L.g_logits);
   MOE_TRY(comm.all_gather_v(logits, T, g_logits, rows_of,
                             static_cast<std::size_t>(E) * sizeof(float)));
@@ -482,7 +508,7 @@ status layer_backward_ep(host_policy policy, layer_state<C> const& self, Comm co
   problem const pg = group_problem(p);
   auto* const tok = at<std::int64_t>(ws, L.tok);
   std::int64_t tb = 0;
-  for (std::int64_t r = 0; r < comm.rank(); ++r) tb += tok[2 * r];
+  for (std::int64_t r = 0; r < comm.rank(); ++r) tb += tok[3 * r];
   auto* const offsets = at<std::int64_t>(ws, L.offsets);
   auto* const row_of = at<std::int32_t>(ws, L.row_of);
   auto* const dx_a = at<act>(ws, L.dx_a);
@@ -559,7 +585,7 @@ status layer_backward_ep(host_policy policy, layer_state<C> const& self, Comm co
   clock.mark(&layer_profile::plan);
   // Route backward on the group's d_weight, identically on every rank; this rank's rows of it.
   auto* const rows_of = at<std::int64_t>(ws, L.send_rows) + R;  // scratch after send_rows
-  for (std::int64_t r = 0; r < R; ++r) rows_of[r] = tok[2 * r];
+  for (std::int64_t r = 0; r < R; ++r) rows_of[r] = tok[3 * r];
   auto* const g_d_weight = at<float>(ws, L.g_d_weight);
   auto* const g_d_logits = at<float>(ws, L.g_d_logits);
   MOE_TRY(comm.all_gather_v(d_weight, T, g_d_weight, rows_of,
