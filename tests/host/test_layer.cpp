@@ -222,13 +222,15 @@ struct fixture {
         auto const b = moe::test::random_tensor<Wt>(gen, sizes.n[i], -0.5, 0.5);
         std::copy(b.begin(), b.end(), ptrs[i]);
       }
-    for (std::int64_t h = 0; h < shape.hidden; ++h)
-      ptrs[0][h * C.experts] = moe::test::stored<Wt>(to_d(ptrs[0][h * C.experts]) + gate_skew);
+    // Feature 0 of every token is the constant 2, so W_g[0, e] acts as a gate bias: adding the
+    // skew there raises expert 0's logit by 2·skew for every token (it overflows, routes drop).
+    ptrs[0][0] = moe::test::stored<Wt>(to_d(ptrs[0][0]) + gate_skew);
     p = layer.make_problem(T);
     p.min_capacity = 1;
     p.aux_loss_coef = 0.3f;
     p.z_loss_coef = 0.2f;
     x = moe::test::random_tensor<A>(gen, T * shape.hidden);
+    for (std::int64_t t = 0; t < T; ++t) x[at(t * shape.hidden)] = moe::test::stored<A>(2.0);
     dy = moe::test::random_tensor<A>(gen, T * shape.hidden);
     for (auto v : x) xd.push_back(to_d(v));
     for (auto v : dy) rd.push_back(to_d(v));
