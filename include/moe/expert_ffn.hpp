@@ -208,16 +208,12 @@ constexpr std::size_t workspace_bytes(host_policy, expert_ffn_backward_args<C> c
   return 0;
 }
 
-/// The expert FFN forward on the CPU: h = act(X · W1_eᵀ + b1_e), Y = h · W2_eᵀ + b2_e per
-/// expert, for the rows of each expert (other rows untouched). Keeps pre unless
-/// recompute = fc1 (then `pre` is not written, and may be null).
-/// @param policy  moe::host, or moe::host.with_threads(n)
-/// @param a       x [M, H], w1 [E_l, F_w, H], b1 [E_l, F_w] or null, w2 [E_l, H, F],
-///                b2 [E_l, H] or null, y [M, H] out, pre [M, F_w] out, h [M, F] out
-template <config C>
-status expert_ffn(host_policy policy, expert_ffn_args<C> const& a) noexcept {
-  static_assert(check<C>());
-  MOE_TRY(detail::grouped::check(policy, a));
+namespace detail::grouped {
+
+/// The expert FFN forward as grouped-GEMM calls on policy P, after the checks: written once
+/// for every backend (the CUDA overload in moe/cuda/expert_ffn.cuh calls it too).
+template <config C, class P>
+status expert_ffn_steps(P policy, expert_ffn_args<C> const& a) noexcept {
   MOE_TRY(grouped_gemm(
       policy, grouped_gemm_args<C>{.experts = a.experts,
                                    .rows = a.rows,
@@ -243,16 +239,9 @@ status expert_ffn(host_policy policy, expert_ffn_args<C> const& a) noexcept {
                                                    .pre = nullptr});
 }
 
-/// The expert FFN backward on the CPU: dx (overwritten, rows of the experts), and dW1, db1, dW2,
-/// db2 (overwritten, or added to with a.accumulate; db1/db2 skipped when null). Every sum is
-/// in accum_t<C> in a fixed order; intermediates (h, d pre) are rounded to act_t<C> as the
-/// CUDA backend stores them.
-/// @param a  see expert_ffn_backward_args; pre, h are read or recomputed per a.recompute,
-///           d_pre is scratch
-template <config C>
-status expert_ffn_backward(host_policy policy, expert_ffn_backward_args<C> const& a) noexcept {
-  static_assert(check<C>());
-  MOE_TRY(detail::grouped::check(policy, a));
+/// The expert FFN backward as grouped-GEMM calls on policy P, after the checks.
+template <config C, class P>
+status expert_ffn_backward_steps(P policy, expert_ffn_backward_args<C> const& a) noexcept {
   bool const gated = is_gated(a.act);
   std::int64_t const fw = gated ? 2 * a.ffn : a.ffn;
   if (a.recompute == ffn_recompute::fc1) {
@@ -318,6 +307,34 @@ status expert_ffn_backward(host_policy policy, expert_ffn_backward_args<C> const
                                                                .act = activation::identity,
                                                                .pre = nullptr,
                                                                .dx = a.dx});
+}
+
+}  // namespace detail::grouped
+
+/// The expert FFN forward on the CPU: h = act(X · W1_eᵀ + b1_e), Y = h · W2_eᵀ + b2_e per
+/// expert, for the rows of each expert (other rows untouched). Keeps pre unless
+/// recompute = fc1 (then `pre` is not written, and may be null).
+/// @param policy  moe::host, or moe::host.with_threads(n)
+/// @param a       x [M, H], w1 [E_l, F_w, H], b1 [E_l, F_w] or null, w2 [E_l, H, F],
+///                b2 [E_l, H] or null, y [M, H] out, pre [M, F_w] out, h [M, F] out
+template <config C>
+status expert_ffn(host_policy policy, expert_ffn_args<C> const& a) noexcept {
+  static_assert(check<C>());
+  MOE_TRY(detail::grouped::check(policy, a));
+  return detail::grouped::expert_ffn_steps(policy, a);
+}
+
+/// The expert FFN backward on the CPU: dx (overwritten, rows of the experts), and dW1, db1, dW2,
+/// db2 (overwritten, or added to with a.accumulate; db1/db2 skipped when null). Every sum is
+/// in accum_t<C> in a fixed order; intermediates (h, d pre) are rounded to act_t<C> as the
+/// CUDA backend stores them.
+/// @param a  see expert_ffn_backward_args; pre, h are read or recomputed per a.recompute,
+///           d_pre is scratch
+template <config C>
+status expert_ffn_backward(host_policy policy, expert_ffn_backward_args<C> const& a) noexcept {
+  static_assert(check<C>());
+  MOE_TRY(detail::grouped::check(policy, a));
+  return detail::grouped::expert_ffn_backward_steps(policy, a);
 }
 
 }  // namespace moe

@@ -49,29 +49,7 @@ status expert_ffn(cuda_policy policy, expert_ffn_args<C> const& a) noexcept {
   static_assert(check<C>());
   MOE_TRY(detail::grouped::check(policy, a));
   MOE_TRY(detail::grouped::check_ffn_cuda<C>(a));
-  MOE_TRY(grouped_gemm(
-      policy, grouped_gemm_args<C>{.experts = a.experts,
-                                   .rows = a.rows,
-                                   .n = a.ffn,
-                                   .k = a.hidden,
-                                   .offsets = a.offsets,
-                                   .x = a.x,
-                                   .w = a.w1,
-                                   .bias = a.b1,
-                                   .act = a.act,
-                                   .y = a.h,
-                                   .pre = a.recompute == ffn_recompute::fc1 ? nullptr : a.pre}));
-  return grouped_gemm(policy, grouped_gemm_args<C>{.experts = a.experts,
-                                                   .rows = a.rows,
-                                                   .n = a.hidden,
-                                                   .k = a.ffn,
-                                                   .offsets = a.offsets,
-                                                   .x = a.h,
-                                                   .w = a.w2,
-                                                   .bias = a.b2,
-                                                   .act = activation::identity,
-                                                   .y = a.y,
-                                                   .pre = nullptr});
+  return detail::grouped::expert_ffn_steps(policy, a);
 }
 
 /// The expert FFN backward on the device (enqueued on policy.stream): dx (overwritten, rows of the experts), and dW1, db1, dW2,
@@ -85,71 +63,7 @@ status expert_ffn_backward(cuda_policy policy, expert_ffn_backward_args<C> const
   static_assert(check<C>());
   MOE_TRY(detail::grouped::check(policy, a));
   MOE_TRY(detail::grouped::check_ffn_cuda<C>(a));
-  bool const gated = is_gated(a.act);
-  std::int64_t const fw = gated ? 2 * a.ffn : a.ffn;
-  if (a.recompute == ffn_recompute::fc1) {
-    MOE_TRY(grouped_gemm(policy, grouped_gemm_args<C>{.experts = a.experts,
-                                                      .rows = a.rows,
-                                                      .n = a.ffn,
-                                                      .k = a.hidden,
-                                                      .offsets = a.offsets,
-                                                      .x = a.x,
-                                                      .w = a.w1,
-                                                      .bias = a.b1,
-                                                      .act = a.act,
-                                                      .y = a.h,
-                                                      .pre = a.pre}));
-  } else if (a.recompute == ffn_recompute::activation) {
-    MOE_TRY(grouped_activation(policy, grouped_activation_args<C>{.experts = a.experts,
-                                                                  .rows = a.rows,
-                                                                  .n = a.ffn,
-                                                                  .offsets = a.offsets,
-                                                                  .act = a.act,
-                                                                  .pre = a.pre,
-                                                                  .h = a.h}));
-  }
-  // d pre = act'(pre) ⊙ (dY · W2_e): the second layer's dgrad with the activation backward fused.
-  MOE_TRY(grouped_gemm_dgrad(
-      policy, grouped_gemm_dgrad_args<C>{.experts = a.experts,
-                                         .rows = a.rows,
-                                         .n = a.hidden,
-                                         .k = a.ffn,
-                                         .offsets = a.offsets,
-                                         .dy = a.dy,
-                                         .w = a.w2,
-                                         .act = a.act,
-                                         .pre = a.act == activation::identity ? nullptr : a.pre,
-                                         .dx = a.d_pre}));
-  MOE_TRY(grouped_gemm_wgrad(policy, grouped_gemm_wgrad_args<C>{.experts = a.experts,
-                                                                .rows = a.rows,
-                                                                .n = a.hidden,
-                                                                .k = a.ffn,
-                                                                .offsets = a.offsets,
-                                                                .x = a.h,
-                                                                .dy = a.dy,
-                                                                .dw = a.dw2,
-                                                                .d_bias = a.db2,
-                                                                .accumulate = a.accumulate}));
-  MOE_TRY(grouped_gemm_wgrad(policy, grouped_gemm_wgrad_args<C>{.experts = a.experts,
-                                                                .rows = a.rows,
-                                                                .n = fw,
-                                                                .k = a.hidden,
-                                                                .offsets = a.offsets,
-                                                                .x = a.x,
-                                                                .dy = a.d_pre,
-                                                                .dw = a.dw1,
-                                                                .d_bias = a.db1,
-                                                                .accumulate = a.accumulate}));
-  return grouped_gemm_dgrad(policy, grouped_gemm_dgrad_args<C>{.experts = a.experts,
-                                                               .rows = a.rows,
-                                                               .n = fw,
-                                                               .k = a.hidden,
-                                                               .offsets = a.offsets,
-                                                               .dy = a.d_pre,
-                                                               .w = a.w1,
-                                                               .act = activation::identity,
-                                                               .pre = nullptr,
-                                                               .dx = a.dx});
+  return detail::grouped::expert_ffn_backward_steps(policy, a);
 }
 
 }  // namespace moe
