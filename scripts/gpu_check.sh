@@ -5,12 +5,14 @@
 #   1. builds the CUDA targets for this GPU's architecture (nvidia-smi's compute capability;
 #      sm_90 is built as sm_90a so that Hopper-only paths are included),
 #   2. runs the ctest tests labelled gpu, kernels and cuda (the CPU-only tests run in CI),
-#   3. runs the gpu test binary under compute-sanitizer memcheck, racecheck and synccheck,
+#   3. runs the gpu test binary under compute-sanitizer memcheck, racecheck and synccheck, and
+#      the CUDA layer over NCCL under memcheck,
 #   4. runs the CUDA benchmarks (short repetitions),
 #   5. writes one report: GPU, driver, date, and every result above.
 # Device time is scarce, so every step after the build has a wall-clock cap (seconds, from the
 # environment): MOE_CHECK_CTEST_S (300), MOE_CHECK_SANITIZER_S (150 per tool),
-# MOE_CHECK_BENCH_S (150); a step that hits its cap is reported as such.
+# MOE_CHECK_SANITIZER_NCCL_S (90), MOE_CHECK_BENCH_S (150); a step that hits its cap is
+# reported as such.
 # doctest and Google Benchmark come from the system, or from .deps/ (scripts/bring_deps.sh).
 #
 #   bash scripts/gpu_check.sh [REPORT_DIR]     (default: $OUT if set, else ./gpu-report)
@@ -84,6 +86,20 @@ for tool in memcheck racecheck synccheck; do
     >> "$report"
   end_section
 done
+
+section "compute-sanitizer --tool memcheck (the CUDA layer over NCCL)"
+if [[ -n "$sanitizer" && -x "$build/tests/moe_nccl_tests" ]]; then
+  timeout "${MOE_CHECK_SANITIZER_NCCL_S:-90}" "$sanitizer" --tool memcheck --error-exitcode 99 \
+    "$build/tests/moe_nccl_tests" --source-file='*test_layer_nccl.cu' \
+    > "$out/sanitizer-memcheck-nccl.log" 2>&1
+  rc=$?
+  [[ $rc == 124 ]] && echo "stopped at the ${MOE_CHECK_SANITIZER_NCCL_S:-90} s cap" >> "$report"
+  [[ $rc != 0 && $rc != 124 ]] && failed=1
+  grep -E "ERROR SUMMARY|test cases|assertions" "$out/sanitizer-memcheck-nccl.log" >> "$report"
+else
+  echo "compute-sanitizer or moe_nccl_tests missing" >> "$report"
+fi
+end_section
 
 section "CUDA benchmarks"
 if [[ -x "$build/benchmarks/moe_bench_cuda" ]]; then

@@ -20,6 +20,7 @@
 // argument structs (docs/layer.md).
 #pragma once
 
+#include <chrono>    // std::chrono::steady_clock (layer_profile)
 #include <cmath>     // std::exp
 #include <cstddef>   // std::size_t
 #include <cstdint>   // std::int32_t, std::int64_t, std::uint64_t, std::uintptr_t
@@ -206,6 +207,9 @@ struct workspace_layout {
               recv_rows = 0, e_offsets = 0, order = 0, inverse = 0, xr = 0, xe = 0, pre_e = 0,
               h_e = 0, ye = 0, yr = 0, g_d_weight = 0, g_d_logits = 0, d_or = 0, d_oe = 0,
               d_pre_e = 0, dxe = 0, dxr = 0;
+  // The CUDA expert-parallel path's device copies of host values: this rank's (T, T_g,
+  // fingerprint), the sort's values, the regrouping table and the counts backward reads.
+  std::size_t tok_mine = 0, sort_vals = 0, regroup = 0, ep_record = 0;
   std::size_t bytes = 0;
 };
 
@@ -240,6 +244,10 @@ inline problem group_problem(problem const& p) noexcept {
   g.ep_size = 1;
   return g;
 }
+
+/// int64s of the record an expert-parallel forward leaves for backward on the CUDA backend:
+/// [R][3] tokens, [R] rows sent, [R] rows received, M, M_r.
+constexpr std::int64_t ep_record_size(std::int64_t ranks) noexcept { return 5 * ranks + 2; }
 
 template <config C>
 workspace_layout make_layout(layer_shape const& s, problem const& p, std::size_t op_scratch = 0,
@@ -311,7 +319,7 @@ workspace_layout make_layout(layer_shape const& s, problem const& p, std::size_t
     w.sort_keys = take(at, 2 * T * K, sizeof(std::int64_t));
     w.send_counts = take(at, R * El, sizeof(std::int64_t));
     w.recv_counts = take(at, R * El, sizeof(std::int64_t));
-    w.send_rows = take(at, 2 * R, sizeof(std::int64_t));
+    w.send_rows = take(at, 3 * R, sizeof(std::int64_t));  // rows sent, ones, T of each rank
     w.recv_rows = take(at, R, sizeof(std::int64_t));
     w.e_offsets = take(at, El + 1, sizeof(std::int64_t));
     w.order = take(at, Mr, sizeof(std::int32_t));
@@ -329,6 +337,10 @@ workspace_layout make_layout(layer_shape const& s, problem const& p, std::size_t
     w.d_pre_e = take(at, Mr * gate * F, sizeof(A));
     w.dxe = take(at, Mr * H, sizeof(A));
     w.dxr = take(at, Mr * H, sizeof(A));
+    w.tok_mine = take(at, 3, sizeof(std::int64_t));
+    w.sort_vals = take(at, 2 * T * K, sizeof(std::int32_t));
+    w.regroup = take(at, 3 * E, sizeof(std::int64_t));
+    w.ep_record = take(at, ep_record_size(R), sizeof(std::int64_t));
   }
   w.bytes = (at + 255) / 256 * 256;
   return w;
@@ -339,6 +351,126 @@ T* at(void* base, std::size_t offset) noexcept {
   return reinterpret_cast<T*>(static_cast<char*>(base) + offset);
 }
 
+// ---- pieces of the expert-parallel path (moe/detail/layer_ep_compose.hpp) -----------------
+
+/// Adds the time since the last mark to one phase of the profile (when there is one).
+struct phase_timer {
+  layer_profile* profile;
+  std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+  void mark(double layer_profile::* phase) noexcept {
+    auto const now = std::chrono::steady_clock::now();
+    if (profile != nullptr) profile->*phase += std::chrono::duration<double>(now - last).count();
+    last = now;
+  }
+  void sent(std::int64_t const* rows, std::int32_t ranks, std::size_t row_bytes) noexcept {
+    if (profile == nullptr) return;
+    for (std::int32_t r = 0; r < ranks; ++r)
+      profile->bytes_sent += rows[r] * static_cast<std::int64_t>(row_bytes);
+  }
+};
+
+/// A fingerprint of the problem fields every rank of a group must agree on (FNV-1a over them):
+/// training, min_capacity, seed, loss coefficients, H, F, R and the router options' scalars.
+inline std::int64_t problem_fingerprint(problem const& p, router_options const& o) noexcept {
+  std::uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](void const* data, std::size_t n) {
+    auto const* b = static_cast<unsigned char const*>(data);
+    for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  };
+  std::int64_t const ints[] = {p.training ? 1 : 0, p.min_capacity, p.hidden, p.ffn, p.ep_size,
+                               o.seq_len, o.gumbel_top1 ? 1 : 0, o.sample_second ? 1 : 0};
+  mix(ints, sizeof ints);
+  mix(&p.seed, sizeof p.seed);
+  mix(&o.noise_offset, sizeof o.noise_offset);
+  float const floats[] = {p.aux_loss_coef, p.z_loss_coef, o.weight_scale, o.seq_aux_loss_coef};
+  mix(floats, sizeof floats);
+  return static_cast<std::int64_t>(h >> 1);
+}
+
+/// Checks every rank's (T, expected group T, problem fingerprint) — tok [R][3], the same array
+/// on every rank — the same way on every rank (so that a problem that disagrees between ranks
+/// gives the same error everywhere instead of a hang or a silently different routing later);
+/// tokens_before = the tokens of the ranks before `rank`.
+inline status check_group_tokens(std::int64_t const* tok, std::int32_t R, std::int32_t rank,
+                                 std::int64_t& tokens_before) noexcept {
+  std::int64_t sum = 0;
+  tokens_before = 0;
+  for (std::int32_t r = 0; r < R; ++r) {
+    if (r < rank) tokens_before += tok[3 * r];
+    sum += tok[3 * r];
+  }
+  for (std::int32_t r = 0; r < R; ++r) {
+    if (tok[3 * r + 1] != sum)
+      return status::error(errc::invalid_argument,
+                           "problem.group_tokens: the ranks' T sum to %lld, but rank %d expects "
+                           "%lld (set group_tokens to the group's total, the same on every rank)",
+                           static_cast<long long>(sum), r,
+                           static_cast<long long>(tok[3 * r + 1]));
+    if (tok[3 * r + 2] != tok[2])
+      return status::error(errc::invalid_argument,
+                           "problem: rank %d disagrees with rank 0 on training, min_capacity, "
+                           "seed, the loss coefficients, H, F or the router options (every rank "
+                           "of the group must pass the same values)",
+                           r);
+  }
+  return {};
+}
+
+/// The host values of an exchange, from this rank's plan offsets [E + 1] and the counts it
+/// received, recv_counts [R][E_l] (host arrays): rows sent to each rank (send_rows [R]) and
+/// received from each (recv_rows [R]), M_r = their sum, checked against the workspace's bounds,
+/// and the regrouping [source][expert] → [expert][source]: e_offsets [E_l + 1] of the grouped
+/// rows, and block(first received row, first grouped row, rows) for each (local expert, source)
+/// in that order.
+template <class Block>
+status ep_rows(std::int64_t const* offsets, std::int64_t const* recv_counts, std::int32_t R,
+               std::int64_t El, workspace_layout const& L, std::int64_t* send_rows,
+               std::int64_t* recv_rows, std::int64_t* e_offsets, std::int64_t& rows_in,
+               Block&& block) noexcept {
+  rows_in = 0;
+  for (std::int32_t r = 0; r < R; ++r) {
+    send_rows[r] = offsets[(r + 1) * El] - offsets[r * El];
+    recv_rows[r] = 0;
+    for (std::int64_t j = 0; j < El; ++j) {
+      if (recv_counts[r * El + j] < 0)
+        return status::error(errc::internal, "expert parallel: rank %d sent a negative count", r);
+      recv_rows[r] += recv_counts[r * El + j];
+    }
+    rows_in += recv_rows[r];
+  }
+  std::int64_t const M = offsets[R * El];
+  if (M > L.rows || rows_in > L.rows_recv)
+    return status::error(errc::internal,
+                         "expert parallel: %lld rows to send and %lld received, above the bounds "
+                         "%lld and %lld (ranks disagree on the routing?)",
+                         static_cast<long long>(M), static_cast<long long>(rows_in),
+                         static_cast<long long>(L.rows), static_cast<long long>(L.rows_recv));
+  e_offsets[0] = 0;
+  std::int64_t g = 0;
+  for (std::int64_t j = 0; j < El; ++j) {
+    std::int64_t base = 0;  // first received row of source s
+    for (std::int32_t s = 0; s < R; ++s) {
+      std::int64_t first = base;
+      for (std::int64_t jj = 0; jj < j; ++jj) first += recv_counts[s * El + jj];
+      block(first, g, recv_counts[s * El + j]);
+      g += recv_counts[s * El + j];
+      base += recv_rows[s];
+    }
+    e_offsets[j + 1] = g;
+  }
+  return {};
+}
+
+/// What both passes of a step need to know on the host: rows sent to and received from each
+/// rank ([R] each), every rank's token count ([R]), this rank's plan rows M, the rows its
+/// experts received M_r, and the tokens of the ranks before it.
+struct ep_counts {
+  std::int64_t const* send_rows;
+  std::int64_t const* recv_rows;
+  std::int64_t const* rows_of;
+  std::int64_t M, Mr, tokens_before;
+};
+
 /// What a backend's forward and backward read of a layer.
 template <config C>
 struct layer_state {
@@ -347,6 +479,9 @@ struct layer_state {
   layer_params<C> params;
   layer_grads<C> grads;
   std::int32_t rank = 0;
+  /// Host memory of layer_memory<Policy>::host_scratch<C>() int64s, owned by the layer (the
+  /// CUDA expert-parallel path keeps the row counts NCCL needs there); null when none.
+  std::int64_t* host_scratch = nullptr;
 };
 
 /// How a backend allocates, clears and fills the layer's own memory, and how much scratch its
@@ -377,6 +512,11 @@ struct layer_memory<host_policy> {
     return {};
   }
   static constexpr std::size_t base_alignment = 64;
+  /// Host int64s the layer keeps for its steps: none (the workspace is host memory).
+  template <config C>
+  static constexpr std::int64_t host_scratch(bool /*expert_parallel*/) noexcept {
+    return 0;
+  }
   /// The backend ops' scratch inside the layer's workspace: the host router's (route and
   /// route_backward run one after another, so they share it), for this rank's problem and for
   /// the expert-parallel group's, whichever is larger. The other host ops need none.
@@ -413,7 +553,8 @@ class layer {
   using accum = accum_t<C>;
 
   layer() = default;
-  explicit layer(layer_shape const& shape, Comm comm = {}) noexcept : shape_(shape), comm_(comm) {}
+  explicit layer(layer_shape const& shape, Comm comm = {}) noexcept
+      : shape_(shape), comm_(static_cast<Comm&&>(comm)) {}
 
   [[nodiscard]] layer_shape const& shape() const noexcept { return shape_; }
   [[nodiscard]] layer_options& options() noexcept { return options_; }
@@ -466,6 +607,16 @@ class layer {
       if (!need) {
         *detail::layer_impl::member(p, i) = nullptr;
         *detail::layer_impl::member(g, i) = nullptr;
+      }
+    }
+    constexpr std::int64_t scratch = memory::template host_scratch<C>(expert_parallel);
+    if constexpr (scratch > 0) {
+      if (host_scratch_ == nullptr) {
+        host_scratch_.reset(new (std::nothrow) std::int64_t[scratch]);
+        if (host_scratch_ == nullptr)
+          return status::error(errc::out_of_memory,
+                               "layer bind: no host memory for %lld int64s of row counts",
+                               static_cast<long long>(scratch));
       }
     }
     params_ = p;
@@ -633,8 +784,13 @@ class layer {
   /// its coefficients) over the expert-parallel group, so that every rank holds the gradient of
   /// the group's whole batch (the routed experts' gradients already are: each rank's experts
   /// saw every token routed to them). Collective: every rank of the group calls it. A no-op
-  /// with comm::local.
-  [[nodiscard]] status all_reduce_replicated_gradients() noexcept {
+  /// with comm::local. CUDA: enqueued after the work on policy.stream (NCCL sums in its own
+  /// fixed order; every rank gets the same bits).
+  [[nodiscard]] status all_reduce_replicated_gradients(Policy policy = {}) noexcept {
+    if constexpr (requires(Comm& c, Policy const& q) { c.set_stream(q.stream); })
+      comm_.set_stream(policy.stream);
+    else
+      (void)policy;
     detail::layer_impl::tensor_sizes<C> const sizes(shape_);
     for (int i = 0; i < 15; ++i) {
       if (i >= 1 && i <= 4) continue;  // the routed experts: owned, not replicated
@@ -663,7 +819,7 @@ class layer {
   }
 
   detail::layer_impl::layer_state<C> state() const noexcept {
-    return {shape_, options_, params_, grads_, comm_.rank()};
+    return {shape_, options_, params_, grads_, comm_.rank(), host_scratch_.get()};
   }
 
   status check_call(problem const& p, void const* workspace, std::size_t bytes,
@@ -713,6 +869,7 @@ class layer {
   accum* flat_grads_ = nullptr;
   std::unique_ptr<void, release> owned_params_;
   std::unique_ptr<void, release> owned_grads_;
+  std::unique_ptr<std::int64_t[]> host_scratch_;
 };
 
 }  // namespace moe

@@ -5,12 +5,15 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>  // std::max
+#include <cmath>      // std::abs
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <vector>
 
 #include "moe/cuda/runtime.cuh"
+#include "moe/precision.hpp"  // to_float
 
 #define MOE_REQUIRE_CUDA(call) REQUIRE_MESSAGE((call) == cudaSuccess, #call)
 #define MOE_REQUIRE_OK(expr)                          \
@@ -24,6 +27,19 @@
 #endif
 
 namespace moe::test {
+
+/// The largest |got - want| over the tensor, divided by its largest |want| (itself when that is
+/// 0): the error bound the layer tests state per precision.
+template <class T>
+double scaled_error(std::vector<T> const& got, std::vector<T> const& want) {
+  REQUIRE(got.size() == want.size());
+  auto as_double = [](T v) { return static_cast<double>(::moe::to_float(v)); };
+  double big = 0, worst = 0;
+  for (auto v : want) big = std::max(big, std::abs(as_double(v)));
+  for (std::size_t i = 0; i < want.size(); ++i)
+    worst = std::max(worst, std::abs(as_double(got[i]) - as_double(want[i])));
+  return big > 0 ? worst / big : worst;
+}
 
 /// Stride of sweeps over all 2^32 float bit patterns: the build's MOE_TEST_FLOAT_STRIDE, or the
 /// environment variable of that name (the GPU check strides them under compute-sanitizer).

@@ -22,19 +22,7 @@
 
 namespace {
 
-template <class T>
-double as_double(T v) {
-  return static_cast<double>(moe::to_float(v));
-}
-
-template <class T>
-double scaled_error(std::vector<T> const& got, std::vector<T> const& want) {
-  double big = 0, worst = 0;
-  for (auto v : want) big = std::max(big, std::abs(as_double(v)));
-  for (std::size_t i = 0; i < want.size(); ++i)
-    worst = std::max(worst, std::abs(as_double(got[i]) - as_double(want[i])));
-  return big > 0 ? worst / big : worst;
-}
+using moe::test::scaled_error;
 
 template <moe::config C>
 void compare_layers(moe::layer_shape shape, std::int64_t T, double tol) {

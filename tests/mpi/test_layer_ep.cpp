@@ -241,6 +241,35 @@ int main(int argc, char** argv) {
         check(std::strstr(t.message(), "disagrees with rank 0") != nullptr, t.message());
       }
     }
+    // A group with no tokens at all: like one rank's T = 0 — zero statistics and counts, no
+    // bad logit, and a backward that changes no gradient.
+    {
+      moe::layer<moe::configs::top2_fp32, moe::host_policy, moe::comm::mpi> ep(
+          {.hidden = 4, .ffn = 4, .ep_size = R}, comm);
+      check(ep.allocate().ok(), "allocate");
+      check(ep.zero_grad().ok(), "zero_grad");
+      moe::problem p = ep.make_problem(0);
+      buffer ws(ep.workspace_bytes(p));
+      moe::layer_stats st{};
+      st.route.capacity = 99;
+      st.loss = 1.0;
+      std::vector<std::int32_t> counts(static_cast<std::size_t>(moe::configs::top2_fp32.experts), 7);
+      std::int64_t bad = 5;
+      moe::status s = ep.forward(moe::host, p, {nullptr, nullptr, &st, counts.data(), &bad}, ws.p,
+                                 ep.workspace_bytes(p));
+      check(s.ok(), s.message());
+      check(st.route.capacity == 0 && st.route.dropped == 0 && st.loss == 0.0,
+            "an empty group's statistics are zero");
+      bool zero = true;
+      for (auto c : counts) zero &= c == 0;
+      check(zero && bad == -1, "an empty group's counts are zero, no bad logit");
+      s = ep.backward(moe::host, p, {nullptr, nullptr, nullptr}, ws.p, ep.workspace_bytes(p));
+      check(s.ok(), s.message());
+      bool untouched = true;
+      for (std::int64_t i = 0; i < ep.parameter_count(); ++i) untouched &= ep.flat_grads()[i] == 0.0f;
+      check(untouched, "an empty group's backward leaves the gradients at zero");
+      if (rank == 0) std::printf("scenario an empty group: R = %d done\n", R);
+    }
   }
   int total = 0;
   MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);

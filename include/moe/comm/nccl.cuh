@@ -18,35 +18,20 @@
 
 #include <cstddef>  // std::size_t
 #include <cstdint>  // std::int32_t, std::int64_t
+#include <memory>   // std::shared_ptr
+#include <new>      // std::bad_alloc
 
 #include "moe/status.hpp"  // moe::status
 
 namespace moe::comm {
 
-/// A group of ranks over an NCCL communicator (owned: destroyed with this object).
+/// A group of ranks over an NCCL communicator. Copies share the communicator, its stream and
+/// its events (reference-counted: the last copy destroys them), so every layer of a model can
+/// hold one; each copy has its own compute stream (set_stream). Use a communicator and its
+/// copies from one host thread at a time.
 class nccl {
  public:
   nccl() = default;
-  nccl(nccl const&) = delete;
-  nccl& operator=(nccl const&) = delete;
-  nccl(nccl&& o) noexcept { *this = static_cast<nccl&&>(o); }
-  nccl& operator=(nccl&& o) noexcept {
-    if (this != &o) {
-      release();
-      comm_ = o.comm_;
-      stream_ = o.stream_;
-      compute_ = o.compute_;
-      before_ = o.before_;
-      after_ = o.after_;
-      rank_ = o.rank_;
-      size_ = o.size_;
-      o.comm_ = nullptr;
-      o.stream_ = nullptr;
-      o.before_ = o.after_ = nullptr;
-    }
-    return *this;
-  }
-  ~nccl() { release(); }
 
   /// A fresh unique id (on one rank; distribute it to the others, e.g. with MPI_Bcast).
   [[nodiscard]] static status unique_id(ncclUniqueId& id) noexcept {
@@ -59,11 +44,20 @@ class nccl {
       return status::error(errc::invalid_argument,
                            "comm::nccl::init: expected 0 <= rank < size, got rank %d of %d", rank,
                            size);
-    release();
-    MOE_TRY(check(ncclCommInitRank(&comm_, size, id, rank), "ncclCommInitRank"));
-    MOE_TRY(cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
-    MOE_TRY(cuda(cudaEventCreateWithFlags(&before_, cudaEventDisableTiming), "cudaEventCreate"));
-    MOE_TRY(cuda(cudaEventCreateWithFlags(&after_, cudaEventDisableTiming), "cudaEventCreate"));
+    shared_.reset();
+    rank_ = 0;
+    size_ = 1;
+    std::shared_ptr<handles> h;
+    try {
+      h = std::make_shared<handles>();
+    } catch (std::bad_alloc const&) {
+      return status::error(errc::out_of_memory, "comm::nccl::init: no host memory");
+    }
+    MOE_TRY(check(ncclCommInitRank(&h->comm, size, id, rank), "ncclCommInitRank"));
+    MOE_TRY(cuda(cudaStreamCreateWithFlags(&h->stream, cudaStreamNonBlocking), "cudaStreamCreate"));
+    MOE_TRY(cuda(cudaEventCreateWithFlags(&h->before, cudaEventDisableTiming), "cudaEventCreate"));
+    MOE_TRY(cuda(cudaEventCreateWithFlags(&h->after, cudaEventDisableTiming), "cudaEventCreate"));
+    shared_ = static_cast<std::shared_ptr<handles>&&>(h);
     rank_ = rank;
     size_ = size;
     return {};
@@ -71,16 +65,18 @@ class nccl {
 
   [[nodiscard]] std::int32_t rank() const noexcept { return rank_; }
   [[nodiscard]] std::int32_t size() const noexcept { return size_; }
-  [[nodiscard]] ncclComm_t handle() const noexcept { return comm_; }
+  [[nodiscard]] ncclComm_t handle() const noexcept {
+    return shared_ != nullptr ? shared_->comm : nullptr;
+  }
 
   /// The compute stream the next collectives are ordered against (default: the legacy stream).
   void set_stream(cudaStream_t compute) noexcept { compute_ = compute; }
 
   /// NCCL's asynchronous error state: a failed peer or network shows up here.
   [[nodiscard]] status poll() const noexcept {
-    if (comm_ == nullptr) return {};
+    if (shared_ == nullptr) return {};
     ncclResult_t async = ncclSuccess;
-    MOE_TRY(check(ncclCommGetAsyncError(comm_, &async), "ncclCommGetAsyncError"));
+    MOE_TRY(check(ncclCommGetAsyncError(shared_->comm, &async), "ncclCommGetAsyncError"));
     return check(async, "NCCL asynchronous error");
   }
 
@@ -97,10 +93,12 @@ class nccl {
       auto const out = static_cast<std::size_t>(send_rows[r]) * row_bytes;
       auto const in = static_cast<std::size_t>(recv_rows[r]) * row_bytes;
       if (out > 0)
-        s = check(ncclSend(static_cast<char const*>(send) + sent, out, ncclChar, r, comm_, stream_),
+        s = check(ncclSend(static_cast<char const*>(send) + sent, out, ncclChar, r, shared_->comm,
+                           shared_->stream),
                   "ncclSend");
       if (s.ok() && in > 0)
-        s = check(ncclRecv(static_cast<char*>(recv) + received, in, ncclChar, r, comm_, stream_),
+        s = check(ncclRecv(static_cast<char*>(recv) + received, in, ncclChar, r, shared_->comm,
+                           shared_->stream),
                   "ncclRecv");
       sent += out;
       received += in;
@@ -122,9 +120,11 @@ class nccl {
     auto const mine = static_cast<std::size_t>(rows) * row_bytes;
     for (std::int32_t r = 0; r < size_ && s.ok(); ++r) {
       auto const in = static_cast<std::size_t>(rows_of[r]) * row_bytes;
-      if (mine > 0) s = check(ncclSend(send, mine, ncclChar, r, comm_, stream_), "ncclSend");
+      if (mine > 0)
+        s = check(ncclSend(send, mine, ncclChar, r, shared_->comm, shared_->stream), "ncclSend");
       if (s.ok() && in > 0)
-        s = check(ncclRecv(static_cast<char*>(recv) + at, in, ncclChar, r, comm_, stream_),
+        s = check(ncclRecv(static_cast<char*>(recv) + at, in, ncclChar, r, shared_->comm,
+                           shared_->stream),
                   "ncclRecv");
       at += in;
     }
@@ -139,7 +139,7 @@ class nccl {
   [[nodiscard]] status all_reduce_sum(T* data, std::int64_t n) const noexcept {
     MOE_TRY(begin());
     MOE_TRY(check(ncclAllReduce(data, data, static_cast<std::size_t>(n), type_of<T>(), ncclSum,
-                                comm_, stream_),
+                                shared_->comm, shared_->stream),
                   "ncclAllReduce(sum)"));
     return finish();
   }
@@ -148,7 +148,7 @@ class nccl {
   [[nodiscard]] status all_reduce_max(std::int64_t* data, std::int64_t n) const noexcept {
     MOE_TRY(begin());
     MOE_TRY(check(ncclAllReduce(data, data, static_cast<std::size_t>(n), ncclInt64, ncclMax,
-                                comm_, stream_),
+                                shared_->comm, shared_->stream),
                   "ncclAllReduce(max)"));
     return finish();
   }
@@ -177,32 +177,36 @@ class nccl {
 
   /// The communicator's stream waits for the work enqueued so far on the compute stream.
   status begin() const noexcept {
-    if (comm_ == nullptr)
+    if (shared_ == nullptr)
       return status::error(errc::invalid_argument, "comm::nccl: not initialised (call init)");
-    MOE_TRY(cuda(cudaEventRecord(before_, compute_), "cudaEventRecord"));
-    return cuda(cudaStreamWaitEvent(stream_, before_, 0), "cudaStreamWaitEvent");
+    MOE_TRY(cuda(cudaEventRecord(shared_->before, compute_), "cudaEventRecord"));
+    return cuda(cudaStreamWaitEvent(shared_->stream, shared_->before, 0), "cudaStreamWaitEvent");
   }
   /// The compute stream waits for the collective.
   status finish() const noexcept {
-    MOE_TRY(cuda(cudaEventRecord(after_, stream_), "cudaEventRecord"));
-    return cuda(cudaStreamWaitEvent(compute_, after_, 0), "cudaStreamWaitEvent");
+    MOE_TRY(cuda(cudaEventRecord(shared_->after, shared_->stream), "cudaEventRecord"));
+    return cuda(cudaStreamWaitEvent(compute_, shared_->after, 0), "cudaStreamWaitEvent");
   }
 
-  void release() noexcept {
-    if (comm_ != nullptr) ncclCommDestroy(comm_);
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
-    if (before_ != nullptr) cudaEventDestroy(before_);
-    if (after_ != nullptr) cudaEventDestroy(after_);
-    comm_ = nullptr;
-    stream_ = nullptr;
-    before_ = after_ = nullptr;
-  }
+  /// The NCCL communicator, its stream and events, destroyed with the last copy.
+  struct handles {
+    ncclComm_t comm = nullptr;
+    cudaStream_t stream = nullptr;
+    cudaEvent_t before = nullptr;
+    cudaEvent_t after = nullptr;
+    handles() = default;
+    handles(handles const&) = delete;
+    handles& operator=(handles const&) = delete;
+    ~handles() {
+      if (comm != nullptr) ncclCommDestroy(comm);
+      if (stream != nullptr) cudaStreamDestroy(stream);
+      if (before != nullptr) cudaEventDestroy(before);
+      if (after != nullptr) cudaEventDestroy(after);
+    }
+  };
 
-  ncclComm_t comm_ = nullptr;
-  cudaStream_t stream_ = nullptr;
+  std::shared_ptr<handles> shared_;
   cudaStream_t compute_ = nullptr;
-  cudaEvent_t before_ = nullptr;
-  cudaEvent_t after_ = nullptr;
   std::int32_t rank_ = 0;
   std::int32_t size_ = 1;
 };

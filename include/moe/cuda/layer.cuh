@@ -23,6 +23,8 @@
 
 #include <cuda_runtime.h>  // cudaMalloc, cudaFree, cudaMemsetAsync, cudaMemcpy
 
+#include <cub/device/device_radix_sort.cuh>  // cub::DeviceRadixSort (expert parallelism)
+
 #include <cstddef>  // std::size_t
 #include <cstdint>  // std::int64_t
 
@@ -62,12 +64,35 @@ struct layer_memory<cuda_policy> {
     return {};
   }
   static constexpr std::size_t base_alignment = 256;
-  /// The ops' scratch: the largest any of them needs (they run one after another).
+  /// Host int64s the layer keeps: with expert parallelism, the row counts NCCL needs on the
+  /// host (moe/cuda/layer_ep.cuh; R <= E, so 20·E + 16 bound them).
+  template <config C>
+  static constexpr std::int64_t host_scratch(bool expert_parallel) noexcept {
+    return expert_parallel ? 20 * static_cast<std::int64_t>(C.experts) + 16 : 0;
+  }
+  /// CUB's temporary bytes for the expert-parallel path's sort of T·K (int64 key, int32 value)
+  /// pairs in double buffers (0 when CUB cannot be queried; the sort then reports it).
+  static std::size_t local_slot_sort_bytes(std::int64_t routes) noexcept {
+    std::size_t bytes = 0;
+    cub::DoubleBuffer<std::uint64_t> keys(nullptr, nullptr);
+    cub::DoubleBuffer<std::int32_t> values(nullptr, nullptr);
+    if (cub::DeviceRadixSort::SortPairs(nullptr, bytes, keys, values, routes) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
+    }
+    return bytes;
+  }
+  /// The ops' scratch: the largest any of them needs (they run one after another), for this
+  /// rank's problem and the expert-parallel group's.
   template <config C>
   static std::size_t op_scratch(layer_shape const& s, layer_options const& o,
                                 problem const& p) noexcept {
+    problem const g = group_problem(p);
     std::size_t need = route_workspace_bytes<C>(p);
     auto more = [&need](std::size_t n) { need = n > need ? n : need; };
+    more(route_workspace_bytes<C>(g));
+    more(route_backward_workspace_bytes<C>(g, o.router));
+    more(local_slot_sort_bytes(p.tokens * C.top_k));
     more(route_backward_workspace_bytes<C>(p, o.router));
     more(router_gemm_workspace_bytes<C>(p));
     more(router_gemm_backward_workspace_bytes<C>(p));
@@ -86,7 +111,7 @@ template <>
 struct layer_glue<cuda_policy> {
   /// The ops run on the same stream with the layer workspace's scratch region.
   static cuda_policy ops(cuda_policy policy, void* ws, workspace_layout const& L) noexcept {
-    return cuda_on(policy.stream, at<char>(ws, L.op_scratch), L.bytes - L.op_scratch);
+    return cuda_on(policy.stream, at<char>(ws, L.op_scratch), L.op_scratch_bytes);
   }
 
   template <class From, class To>

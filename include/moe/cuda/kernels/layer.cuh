@@ -90,9 +90,9 @@ __global__ void __launch_bounds__(layer_block)
 /// logits dcoef[t] = c ⊙ (g − <c, g>) with g_j = <dy, branch_j>.
 template <class S, class A>
 __global__ void __launch_bounds__(layer_block)
-    layer_mix_backward_kernel(std::int64_t tokens, std::int64_t hidden, S const* dy,
-                              S const* y_moe, S const* shared_y, S const* res_y, A const* coef,
-                              S* d_moe, S* d_res, A* dcoef) {
+    layer_mix_backward_kernel(std::int64_t tokens, std::int64_t hidden, S const* dy, S const* y_moe,
+                              S const* shared_y, S const* res_y, A const* coef, S* d_moe, S* d_res,
+                              A* dcoef) {
   for (std::int64_t t = blockIdx.x; t < tokens; t += gridDim.x) {
     std::int64_t const row = t * hidden;
     A const c0 = coef[2 * t], c1 = coef[2 * t + 1];
@@ -149,7 +149,8 @@ __global__ void layer_dx_add_kernel(std::int64_t n, std::int64_t hidden, S const
     if (part != nullptr) v += layer_load<A>(part[i]);
     if (dcoef != nullptr) {
       std::int64_t const t = i / hidden, h = i % hidden;
-      v += dcoef[2 * t] * layer_load<A>(coef_w[h]) + dcoef[2 * t + 1] * layer_load<A>(coef_w[hidden + h]);
+      v += dcoef[2 * t] * layer_load<A>(coef_w[h]) +
+           dcoef[2 * t + 1] * layer_load<A>(coef_w[hidden + h]);
     }
     sum[i] = v;
   }
@@ -183,6 +184,76 @@ __global__ void layer_small_kernel(std::int64_t tokens, std::int64_t* dense_offs
   if (out != nullptr) {
     out->route = *st;
     out->loss = aux_coef * st->aux_loss + z_coef * st->z_loss + seq_coef * st->seq_aux_loss;
+  }
+}
+
+// ---- expert parallelism (moe/cuda/layer_ep.cuh) -------------------------------------------
+
+/// This rank's routes out of the group's routing (routes [first, first + n) of it): expert and
+/// weight copied, slot cleared, and for the sort a key (expert, group slot) per kept route —
+/// `none` for a dropped one, so that dropped routes sort last — and the route's index.
+template <class = void>
+__global__ void ep_local_keys_kernel(std::int64_t n, std::int64_t first, std::uint64_t slots,
+                                     std::uint64_t none, std::int32_t const* g_expert,
+                                     std::int32_t const* g_slot, float const* g_weight,
+                                     std::int32_t* expert, std::int32_t* slot, float* weight,
+                                     std::uint64_t* keys, std::int32_t* routes) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    std::int32_t const e = g_expert[first + i], s = g_slot[first + i];
+    expert[i] = e;
+    weight[i] = g_weight[first + i];
+    slot[i] = -1;
+    keys[i] = s >= 0 ? static_cast<std::uint64_t>(e) * slots + static_cast<std::uint64_t>(s) : none;
+    routes[i] = static_cast<std::int32_t>(i);
+  }
+}
+
+/// After the sort by key: a kept route's local slot is its position among the sorted routes of
+/// its expert (the first of them found by a binary search over the sorted keys), so within an
+/// expert the local slots follow the group's slot order.
+template <class = void>
+__global__ void ep_local_slots_kernel(std::int64_t n, std::uint64_t slots, std::uint64_t none,
+                                      std::uint64_t const* keys, std::int32_t const* routes,
+                                      std::int32_t* slot) {
+  for (std::int64_t j = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; j < n;
+       j += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    std::uint64_t const key = keys[j];
+    if (key >= none) continue;
+    std::uint64_t const start = key / slots * slots;  // the expert's first key
+    std::int64_t lo = 0, hi = j;                      // first position with keys[pos] >= start
+    while (lo < hi) {
+      std::int64_t const mid = lo + (hi - lo) / 2;
+      if (keys[mid] < start)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    slot[routes[j]] = static_cast<std::int32_t>(j - lo);
+  }
+}
+
+/// counts[e] = offsets[e + 1] - offsets[e]: this rank's rows for each (global) expert.
+template <class = void>
+__global__ void ep_send_counts_kernel(std::int64_t experts, std::int64_t const* offsets,
+                                      std::int64_t* counts) {
+  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+       e < experts; e += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    counts[e] = offsets[e + 1] - offsets[e];
+}
+
+/// The received rows regrouped by local expert: for pair p (table[3p..3p+2] = first received
+/// row, first grouped row, rows), order[grouped] = received and inverse[received] = grouped.
+/// One block per pair.
+template <class = void>
+__global__ void ep_regroup_kernel(std::int64_t pairs, std::int64_t const* table,
+                                  std::int32_t* order, std::int32_t* inverse) {
+  for (std::int64_t p = blockIdx.x; p < pairs; p += gridDim.x) {
+    std::int64_t const src = table[3 * p], dst = table[3 * p + 1], rows = table[3 * p + 2];
+    for (std::int64_t i = threadIdx.x; i < rows; i += blockDim.x) {
+      order[dst + i] = static_cast<std::int32_t>(src + i);
+      inverse[src + i] = static_cast<std::int32_t>(dst + i);
+    }
   }
 }
 

@@ -1,0 +1,199 @@
+// SPDX-License-Identifier: Apache-2.0
+// The expert-parallel CUDA layer over NCCL (moe/cuda/layer_ep.cuh) on one rank (label gpu):
+// layer<C, cuda_policy, comm::nccl> runs the whole expert-parallel path — the token exchange
+// and its checks, the group's routing, the sort that gives local slots, the count and row
+// exchanges, the regrouping, the way back and backward's gather of the combine weights'
+// gradients — and must equal layer<C, cuda_policy> (no communicator) on the same parameters
+// and batch: routing integers (experts, slots, counts, drops, C) bitwise; y, dx and every
+// gradient within a bound normalised by the tensor's largest magnitude — fp32 1e-5 (the ops
+// run on the same rows; only the row bounds the grouped GEMM gets differ, exact counts here
+// against the static bound there), bf16 1e-2 (about three bf16 ulps, 3.9e-3 each). Cases:
+// a skewed gate with drops and shared + residual branches (fp32), a balanced bf16 layer, a
+// rank with no tokens, a group_tokens that disagrees, and the replicated gradients' all-reduce
+// (a sum over one rank: unchanged). Multi-rank NCCL runs need several GPUs.
+#include <doctest/doctest.h>
+
+#include <algorithm>  // std::max
+#include <cmath>      // std::abs
+#include <cstdint>    // std::int64_t
+#include <cstring>    // std::memcmp, std::strstr
+#include <random>     // std::mt19937_64
+#include <vector>     // std::vector
+
+#include "common.cuh"  // device_vector, MOE_REQUIRE_OK
+#include "moe/configs.hpp"
+#include "moe/cuda/layer_ep.cuh"
+
+namespace {
+
+using moe::test::scaled_error;
+
+template <class T>
+std::vector<T> download(T const* p, std::int64_t n) {
+  std::vector<T> h(static_cast<std::size_t>(n));
+  if (n > 0)
+    MOE_REQUIRE_CUDA(cudaMemcpy(h.data(), p, h.size() * sizeof(T), cudaMemcpyDeviceToHost));
+  return h;
+}
+
+moe::comm::nccl one_rank() {
+  ncclUniqueId id{};
+  MOE_REQUIRE_OK(moe::comm::nccl::unique_id(id));
+  moe::comm::nccl comm;
+  MOE_REQUIRE_OK(comm.init(id, 1, 0));
+  return comm;
+}
+
+/// What one layer's forward and backward produced.
+template <moe::config C>
+struct run_out {
+  std::vector<moe::act_t<C>> y, dx;
+  std::vector<moe::accum_t<C>> grads;
+  std::vector<std::int32_t> expert, slot, counts;
+  moe::layer_stats stats{};
+  std::int64_t bad = 0;
+};
+
+template <moe::config C, class Layer>
+run_out<C> run(Layer& layer, moe::problem const& p, std::vector<moe::act_t<C>> const& x,
+               std::vector<moe::act_t<C>> const& dy, cudaStream_t stream) {
+  using A = moe::act_t<C>;
+  std::int64_t const T = p.tokens, H = layer.shape().hidden;
+  moe::test::device_vector<A> dx_in(x.size()), ddy(dy.size()), dy_out(x.size()), ddx(x.size());
+  if (T > 0) {
+    dx_in.upload(x);
+    ddy.upload(dy);
+  }
+  std::size_t const bytes = layer.workspace_bytes(p);
+  moe::test::device_vector<char> ws(bytes);
+  moe::test::device_vector<moe::layer_stats> stats(1);
+  moe::test::device_vector<std::int32_t> counts(C.experts);
+  moe::test::device_vector<std::int64_t> bad(1);
+  auto const policy = moe::cuda_on(stream);
+  MOE_REQUIRE_OK(layer.zero_grad(policy));
+  MOE_REQUIRE_OK(layer.forward(
+      policy, p, {dx_in.data(), dy_out.data(), stats.data(), counts.data(), bad.data()}, ws.data(),
+      bytes));
+  MOE_REQUIRE_OK(
+      layer.backward(policy, p, {dx_in.data(), ddy.data(), ddx.data()}, ws.data(), bytes));
+  MOE_REQUIRE_CUDA(cudaStreamSynchronize(stream));
+  run_out<C> out;
+  out.y = download(dy_out.data(), T * H);
+  out.dx = download(ddx.data(), T * H);
+  out.grads = download(layer.flat_grads(), layer.parameter_count());
+  auto const r = layer.routing(p, ws.data());
+  out.expert = download(r.expert, T * C.top_k);
+  out.slot = download(r.slot, T * C.top_k);
+  out.counts = counts.download();
+  out.stats = stats.download()[0];
+  out.bad = bad.download()[0];
+  return out;
+}
+
+/// The one-rank NCCL layer against the communicator-free CUDA layer.
+template <moe::config C>
+void compare(moe::layer_shape shape, std::int64_t T, bool skewed, double tol) {
+  using A = moe::act_t<C>;
+  using W = moe::weight_t<C>;
+  std::uint64_t const seed = std::random_device{}();
+  CAPTURE(seed);
+  CAPTURE(T);
+  std::int64_t const H = shape.hidden, E = C.experts;
+  cudaStream_t stream = nullptr;
+  MOE_REQUIRE_CUDA(cudaStreamCreate(&stream));
+  moe::layer<C, moe::cuda_policy> local(shape);
+  moe::layer<C, moe::cuda_policy, moe::comm::nccl> ep(shape, one_rank());
+  MOE_REQUIRE_OK(local.allocate());
+  MOE_REQUIRE_OK(ep.allocate());
+  MOE_REQUIRE_OK(local.init({.seed = seed, .std = 0.2f}));
+  MOE_REQUIRE_OK(ep.init({.seed = seed, .std = 0.2f}));
+  // Router inputs on a grid of small multiples of powers of two; the skewed gate raises
+  // expert 0's logit for every token through a constant input feature.
+  std::mt19937_64 gen(seed);
+  std::uniform_int_distribution<int> small(-8, 8);
+  std::vector<W> w_gate(static_cast<std::size_t>(H * E));
+  for (auto& v : w_gate) v = moe::from_float<W>(static_cast<float>(small(gen)) / 16.0f);
+  if (skewed) w_gate[0] = moe::from_float<W>(4.0f);  // h = 0, e = 0
+  W* const gates[2] = {local.params().w_gate, ep.params().w_gate};
+  for (W* gate : gates)
+    MOE_REQUIRE_CUDA(
+        cudaMemcpy(gate, w_gate.data(), w_gate.size() * sizeof(W), cudaMemcpyHostToDevice));
+  std::vector<A> x(static_cast<std::size_t>(T * H)), dy(x.size());
+  std::normal_distribution<float> normal;
+  for (auto& v : x) v = moe::from_float<A>(static_cast<float>(small(gen)) / 8.0f);
+  if (skewed)
+    for (std::int64_t t = 0; t < T; ++t)
+      x[static_cast<std::size_t>(t * H)] = moe::from_float<A>(1.0f);
+  for (auto& v : dy) v = moe::from_float<A>(normal(gen));
+
+  moe::problem p = local.make_problem(T);
+  p.z_loss_coef = 0.001f;
+  moe::problem pe = ep.make_problem(T);
+  pe.z_loss_coef = 0.001f;
+  auto const want = run<C>(local, p, x, dy, stream);
+  auto const got = run<C>(ep, pe, x, dy, stream);
+  auto const again = run<C>(ep, pe, x, dy, stream);
+
+  CHECK(got.expert == want.expert);
+  CHECK(got.slot == want.slot);
+  CHECK(got.counts == want.counts);
+  CHECK(got.stats.route.dropped == want.stats.route.dropped);
+  CHECK(got.stats.route.capacity == want.stats.route.capacity);
+  CHECK(got.stats.loss == doctest::Approx(want.stats.loss).epsilon(1e-6));
+  CHECK(got.bad == -1);
+  if (skewed && T > 0) CHECK(got.stats.route.dropped > 0);
+  CHECK_MESSAGE(scaled_error(got.y, want.y) <= tol, "y: " << scaled_error(got.y, want.y));
+  CHECK_MESSAGE(scaled_error(got.dx, want.dx) <= tol, "dx: " << scaled_error(got.dx, want.dx));
+  moe::detail::layer_impl::tensor_sizes<C> const sizes(shape);
+  std::int64_t at = 0;
+  for (int i = 0; i < 15; ++i) {
+    if (sizes.n[i] == 0) continue;
+    auto const first = static_cast<std::ptrdiff_t>(at), last = first + sizes.n[i];
+    std::vector<moe::accum_t<C>> const w(want.grads.begin() + first, want.grads.begin() + last);
+    std::vector<moe::accum_t<C>> const g(got.grads.begin() + first, got.grads.begin() + last);
+    double const e = scaled_error(g, w);
+    CHECK_MESSAGE(e <= tol, moe::detail::layer_impl::tensor_names[i] << ": " << e);
+    at += sizes.n[i];
+  }
+  // Deterministic: a second run gives the same bits.
+  CHECK(std::memcmp(again.y.data(), got.y.data(), got.y.size() * sizeof(A)) == 0);
+  CHECK(std::memcmp(again.dx.data(), got.dx.data(), got.dx.size() * sizeof(A)) == 0);
+  CHECK(std::memcmp(again.grads.data(), got.grads.data(),
+                    got.grads.size() * sizeof(moe::accum_t<C>)) == 0);
+  // One rank: the replicated gradients' sum over the group leaves them unchanged.
+  MOE_REQUIRE_OK(ep.all_reduce_replicated_gradients(moe::cuda_on(stream)));
+  MOE_REQUIRE_CUDA(cudaStreamSynchronize(stream));
+  CHECK(download(ep.flat_grads(), ep.parameter_count()) == again.grads);
+  cudaStreamDestroy(stream);
+}
+
+}  // namespace
+
+TEST_CASE("cuda layer over nccl, one rank: skewed fp32 with drops, shared and residual") {
+  compare<moe::configs::top2_fp32>({.hidden = 64, .ffn = 96, .shared_ffn = 32, .residual_ffn = 32},
+                                   300, true, 1e-5);
+  compare<moe::configs::top2_fp32>({.hidden = 32, .ffn = 64}, 1, false, 1e-5);
+}
+
+TEST_CASE("cuda layer over nccl, one rank: bf16") {
+  compare<moe::configs::top2_bf16>({.hidden = 64, .ffn = 128}, 517, false, 1e-2);
+}
+
+TEST_CASE("cuda layer over nccl, one rank: no tokens") {
+  compare<moe::configs::top2_fp32>({.hidden = 32, .ffn = 64}, 0, false, 1e-5);
+}
+
+TEST_CASE("cuda layer over nccl: a group_tokens that disagrees gets a status") {
+  constexpr moe::config C = moe::configs::top2_fp32;
+  moe::layer<C, moe::cuda_policy, moe::comm::nccl> ep({.hidden = 32, .ffn = 64}, one_rank());
+  MOE_REQUIRE_OK(ep.allocate());
+  moe::problem p = ep.make_problem(8);
+  p.group_tokens = 12;  // one rank of 8 tokens cannot make a group of 12
+  std::size_t const bytes = ep.workspace_bytes(p);
+  moe::test::device_vector<char> ws(bytes);
+  moe::test::device_vector<float> x(8 * 32), y(8 * 32);
+  moe::status const s =
+      ep.forward(moe::cuda_on(nullptr), p, {x.data(), y.data()}, ws.data(), bytes);
+  CHECK(s.code() == moe::errc::invalid_argument);
+  CHECK(std::strstr(s.message(), "group_tokens") != nullptr);
+}
