@@ -13,6 +13,9 @@
 //   - compact layout only: the kept routes of expert e hold exactly the slots 0..kept_e-1
 //     (the router's slots are ranks among survivors, so they have no holes). capacity_padded
 //     allows holes: an empty slot is a padding row.
+// A route breaks it when its expert or slot is out of range, when it is a hole (compact: slot
+// >= kept_e), or when another kept route has its (expert, slot); both backends name the lowest
+// such route, never a valid one.
 //
 // This header holds the argument struct, its checks, the index math both backends share
 // (MOE_HOST_DEVICE) and the host overload. The CUDA overload is moe/cuda/plan.cuh.
@@ -91,12 +94,17 @@ constexpr std::int64_t plan_rows_bound(problem const& p, plan_layout layout,
 
 namespace detail {
 
-/// Rows of one expert's block: its kept routes rounded up to the tile (compact), or C.
+/// Rows of one expert's block: its kept routes, at most C, rounded up to the tile (compact), or
+/// C. An expert keeps more than C routes only when its slots (all in [0, C)) repeat; clamping
+/// its block to C keeps the blocks' sum within plan_rows_bound, so every in-range route that is
+/// not a hole gets a row inside source_of: the repeats collide in their own block and are named,
+/// and no valid route of a later expert is pushed past the end. A valid plan is unchanged.
 MOE_HOST_DEVICE constexpr std::int64_t plan_block_rows(std::int64_t kept, plan_layout layout,
                                                        std::int64_t capacity,
                                                        std::int32_t tile_rows) {
   if (layout == plan_layout::capacity_padded) return capacity;
-  return (kept + tile_rows - 1) / tile_rows * tile_rows;
+  std::int64_t const rows = kept < capacity ? kept : capacity;
+  return (rows + tile_rows - 1) / tile_rows * tile_rows;
 }
 
 /// True when a route's expert and slot are in range (kept or dropped).
@@ -120,8 +128,10 @@ MOE_HOST_DEVICE constexpr bool plan_slot_is_hole(std::int32_t slot, std::int64_t
   return layout == plan_layout::compact && slot >= kept;
 }
 
-/// The row of a kept route that is not a hole, or -1 when it falls at or past `source_rows`,
-/// which only repeated slots can cause; it is refused so that nothing is written out of bounds.
+/// The row of a kept route that is not a hole, or -1 when it falls at or past `source_rows`.
+/// With the clamped blocks of plan_block_rows that cannot happen (a route's row is below
+/// offsets[E] <= plan_rows_bound <= source_rows); the guard only keeps a write out of bounds
+/// impossible should that reasoning ever break.
 MOE_HOST_DEVICE constexpr std::int64_t plan_row(std::int64_t expert_offset, std::int32_t slot,
                                                 std::int64_t source_rows) {
   std::int64_t const row = expert_offset + slot;
@@ -218,9 +228,9 @@ inline status plan_route_error(plan_args const& a, std::int64_t bad, std::int64_
                          "routes (compact layout: its slots must be exactly 0..%lld)",
                          t, k, s, e, static_cast<long long>(kept),
                          static_cast<long long>(kept - 1));
-  return status::error(errc::invalid_argument,
+  return status::error(errc::invalid_argument,  // unreachable: see plan_row
                        "plan_args.slot[t=%lld, k=%d]: slot %d of expert %d lands past the %lld "
-                       "rows of source_of (slots of some expert repeat)",
+                       "rows of source_of",
                        t, k, s, e, static_cast<long long>(a.source_rows));
 }
 
@@ -236,6 +246,10 @@ inline status plan(host_policy, plan_args const& a) noexcept {
   std::int64_t const experts = a.experts;
   for (std::int64_t r = 0; r < a.source_rows; ++r) a.source_of[r] = -1;
   for (std::int64_t e = 0; e <= experts; ++e) a.offsets[e] = 0;
+  // Every route flagged below breaks the contract itself (out of range, a hole, or the first of
+  // the routes sharing an (expert, slot)), and every route that breaks it is flagged or shares
+  // its slot with a lower flagged one, so `bad` ends as the lowest route that breaks it. The
+  // CUDA kernel flags routes by the same rules (in another order), so its minimum is the same.
   std::int64_t bad = -1;
   std::int64_t other = -1;  // the other route of a repeated slot
   auto flag = [&](std::int64_t i, std::int64_t with) {
@@ -274,7 +288,7 @@ inline status plan(host_policy, plan_args const& a) noexcept {
       continue;
     }
     std::int64_t const row = detail::plan_row(a.offsets[bin], a.slot[i], a.source_rows);
-    if (row < 0) {
+    if (row < 0) {  // unreachable (see detail::plan_row), refused rather than written
       flag(i, -1);
       continue;
     }

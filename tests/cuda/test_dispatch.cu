@@ -17,6 +17,7 @@
 #include <utility>      // std::pair
 #include <vector>       // std::vector
 
+#include "../host/plan_contract.hpp"  // moe::test::lowest_slot_contract_break
 #include "common.cuh"
 #include "moe/cuda/permute.cuh"
 #include "moe/cuda/plan.cuh"
@@ -404,6 +405,72 @@ TEST_CASE("plan(cuda): a broken slot contract names the same route as the host")
       CHECK(st.ok() == (want.bad_route == -1));
     }
   }
+}
+
+TEST_CASE("plan(cuda): a repeated slot names the lowest route that breaks the contract") {
+  using moe::test::lowest_slot_contract_break;
+  // The host test's case (tests/host/test_dispatch_plan.cpp): expert 0 keeps three routes in
+  // C = 2 slots, slot 1 first repeated at route 3, and expert 1's valid route 2 comes first;
+  // unclamped blocks pushed route 2 past source_of and named it.
+  routes const fixed{3, 2, 2, 2, {1, 0, 1, 0, 1, 0}, {0, 0, 1, 1, -1, 1}, {}};
+  for (auto layout : layouts)
+    for (i32 tile : {1, 2, 4}) {
+      CAPTURE(tile);
+      INFO("layout " << moe::to_string(layout));
+      moe::status st;
+      CHECK(host_plan(fixed, layout, tile, &st).bad_route == 3);
+      CHECK(device_plan(fixed, layout, tile).bad_route == 3);
+    }
+  // Small random plans (C well below T·K/E, so experts fill up) with 1 to 3 corruptions:
+  // experts or slots out of range, copied (expert, slot) pairs, dropped routes put back into a
+  // taken slot (an over-full expert), new drops (holes). Device = host = brute force.
+  std::uint64_t const seed = fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  int refused = 0;
+  for (int trial = 0; trial < 200; ++trial) {
+    i32 const E = std::uniform_int_distribution<i32>(1, 6)(rng);
+    i32 const K = std::uniform_int_distribution<i32>(1, E)(rng);
+    i64 const C = std::uniform_int_distribution<i64>(0, 5)(rng);
+    routes r = make_routes(rng, std::uniform_int_distribution<i64>(1, 12)(rng), K, E, C);
+    std::uniform_int_distribution<std::size_t> pick(0, r.slot.size() - 1);
+    for (int f = std::uniform_int_distribution<int>(1, 3)(rng); f > 0; --f) {
+      std::size_t const i = pick(rng), j = pick(rng);
+      switch (std::uniform_int_distribution<int>(0, 4)(rng)) {
+        case 0:
+          r.expert[i] = std::uniform_int_distribution<i32>(-2, E + 1)(rng);
+          break;
+        case 1:
+          r.slot[i] = static_cast<i32>(std::uniform_int_distribution<i64>(-2, C + 1)(rng));
+          break;
+        case 2:
+          r.expert[i] = r.expert[j];
+          r.slot[i] = r.slot[j];
+          break;
+        case 3:
+          if (C > 0)
+            r.slot[i] = static_cast<i32>(std::uniform_int_distribution<i64>(0, C - 1)(rng));
+          break;
+        default:
+          r.slot[i] = -1;
+          break;
+      }
+    }
+    for (auto layout : layouts)
+      for (i32 tile : {1, 3}) {
+        CAPTURE(trial);
+        CAPTURE(tile);
+        INFO("layout " << moe::to_string(layout));
+        moe::status st;
+        plan_out const want = host_plan(r, layout, tile, &st);
+        INFO("host: " << st.message());
+        plan_out const got = device_plan(r, layout, tile);
+        CHECK(want.bad_route == lowest_slot_contract_break(r.expert, r.slot, E, C, layout));
+        CHECK(got.bad_route == want.bad_route);
+        refused += want.bad_route >= 0;
+      }
+  }
+  CHECK(refused > 200);
 }
 
 TEST_CASE("plan(cuda): argument errors come back as a status before any launch") {

@@ -4,17 +4,20 @@
 // route's expert and slot — often out of range, repeated or leaving holes. plan must accept
 // exactly the routes a reference written here accepts (expert in [0, E), slot in [-1, C), slots
 // of an expert dense from 0 in the compact layout, no slot taken twice) and otherwise name the
-// lowest bad route (bad_route); when it accepts: offsets monotone from 0 with each expert's
+// lowest bad route (bad_route, and in the message), which must break the contract itself
+// (tests/host/plan_contract.hpp); when it accepts: offsets monotone from 0 with each expert's
 // block of the expected size, row_of and source_of inverse, padding rows -1. Then permute,
 // combine and the two backward ops on the plan, in fp64, against float64 loops written here
 // (exact: sums of at most K products of small integers).
 #include <algorithm>  // std::min
 #include <cstdint>    // std::int32_t, std::int64_t
+#include <cstdio>     // std::snprintf
 #include <cstring>    // std::strstr
 #include <map>        // std::map
 #include <utility>    // std::pair
 #include <vector>     // std::vector
 
+#include "../host/plan_contract.hpp"  // moe::test::breaks_slot_contract: one route, brute force
 #include "fuzz.hpp"
 #include "moe/permute.hpp"  // permute, combine, combine_backward, permute_backward
 #include "moe/plan.hpp"     // the op under test
@@ -99,14 +102,19 @@ extern "C" int LLVMFuzzerTestOneInput(std::uint8_t const* data, std::size_t size
   }
   if (!s.ok()) {
     FUZZ_CHECK(bad >= 0, "plan refused valid routes: %s", s.message());
-    // bad_route is the lowest route the plan flags. With repeated slots in the compact layout
-    // an expert's block overflows and a later expert's valid route may "land past source_of"
-    // first, so it may name a route below the reference's (the message says slots repeat).
-    FUZZ_CHECK(bad_route >= 0 && bad_route <= bad, "bad_route %lld, reference %lld (%s)",
+    // bad_route is exactly the lowest route that breaks the contract — a route that breaks it
+    // itself (checked on its own, by brute force), never a valid route of another expert — and
+    // the message names it.
+    FUZZ_CHECK(bad_route == bad, "bad_route %lld, reference %lld (%s)",
                static_cast<long long>(bad_route), static_cast<long long>(bad), s.message());
-    FUZZ_CHECK(bad_route == bad || std::strstr(s.message(), "repeat") != nullptr,
-               "bad_route %lld, reference %lld (%s)", static_cast<long long>(bad_route),
-               static_cast<long long>(bad), s.message());
+    FUZZ_CHECK(moe::test::breaks_slot_contract(expert, slot, E, C, layout, at(bad_route)),
+               "bad_route %lld breaks nothing (%s)", static_cast<long long>(bad_route),
+               s.message());
+    char names[64];
+    std::snprintf(names, sizeof names, "[t=%lld, k=%d]", static_cast<long long>(bad_route / K),
+                  static_cast<int>(bad_route % K));
+    FUZZ_CHECK(std::strstr(s.message(), names) != nullptr, "message does not name %s: %s", names,
+               s.message());
     return 0;
   }
   FUZZ_CHECK(bad < 0, "plan accepted bad route %lld", static_cast<long long>(bad));

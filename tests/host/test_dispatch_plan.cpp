@@ -16,7 +16,8 @@
 //   combine_backward d_w    |d_w - ref| <= 2^-24·|ref| + (H + 1)·u_A·Σ_h|dy·o|
 #include <doctest/doctest.h>
 
-#include "common.hpp"  // moe::test helpers: seeds, random tensors, rounding facts
+#include "common.hpp"         // moe::test helpers: seeds, random tensors, rounding facts
+#include "plan_contract.hpp"  // moe::test::breaks_slot_contract, lowest_slot_contract_break
 
 #include <algorithm>    // std::sort, std::shuffle, std::min
 #include <cmath>        // std::fabs, std::ldexp
@@ -39,7 +40,6 @@ using moe::test::same_bits;
 
 using i32 = std::int32_t;
 using i64 = std::int64_t;
-
 
 // ---- routes -----------------------------------------------------------------------------------
 
@@ -236,7 +236,6 @@ std::vector<T> random_tensor(std::mt19937_64& rng, i64 n) {
   if (n > 0) v[0] = moe::from_float<T>(-0.0f);  // the sign of zero must survive a copy
   return v;
 }
-
 
 // Forward and backward of every op on one plan, against float64.
 template <class T>
@@ -710,9 +709,123 @@ TEST_CASE("dispatch: the index math the kernels share") {
   CHECK(moe::detail::plan_block_rows(17, moe::plan_layout::compact, 99, 16) == 32);
   CHECK(moe::detail::plan_block_rows(0, moe::plan_layout::compact, 99, 16) == 0);
   CHECK(moe::detail::plan_block_rows(17, moe::plan_layout::capacity_padded, 99, 16) == 99);
+  // More kept routes than C (only repeated slots do that) count C rows before the tile.
+  CHECK(moe::detail::plan_block_rows(17, moe::plan_layout::compact, 10, 16) == 16);
+  CHECK(moe::detail::plan_block_rows(5, moe::plan_layout::compact, 3, 1) == 3);
 }
 
 // ---- bad input -------------------------------------------------------------------------------
+
+TEST_CASE("plan: a broken slot contract names the lowest route that breaks it") {
+  using moe::plan_layout;
+  using moe::test::breaks_slot_contract;
+  using moe::test::lowest_slot_contract_break;
+  // Runs the host plan with source_of at the bound; returns bad_route and the message.
+  auto run = [](routes const& r, plan_layout layout, i32 tile, std::string* message) {
+    i64 const rows = moe::plan_rows_bound(r.tokens, r.top_k, r.experts, r.capacity, layout, tile);
+    std::vector<i64> offsets(static_cast<std::size_t>(r.experts) + 1);
+    std::vector<i32> row_of(r.expert.size()), source_of(static_cast<std::size_t>(rows) + 1, -9);
+    i64 bad = -7;
+    moe::status const st = moe::plan(moe::host, {.layout = layout,
+                                                 .tokens = r.tokens,
+                                                 .top_k = r.top_k,
+                                                 .experts = r.experts,
+                                                 .capacity = r.capacity,
+                                                 .tile_rows = tile,
+                                                 .expert = r.expert.data(),
+                                                 .slot = r.slot.data(),
+                                                 .offsets = offsets.data(),
+                                                 .row_of = row_of.data(),
+                                                 .source_of = source_of.data(),
+                                                 .source_rows = rows,
+                                                 .bad_route = &bad});
+    CHECK(source_of.back() == -9);  // nothing past source_rows
+    CHECK(st.ok() == (bad == -1));
+    *message = st.message();
+    return bad;
+  };
+
+  SUBCASE("a repeated slot in an over-full expert, with a valid route of a later expert first") {
+    // T = 3, K = 2, E = 2, C = 2. Expert 1 keeps (t=0, k=0) slot 0 and (t=1, k=0) slot 1:
+    // valid. Expert 0 keeps (t=0, k=1), (t=1, k=1), (t=2, k=1) with slots 0, 1, 1: three routes
+    // in two slots, the repeat first at route 3 = (t=1, k=1). Unclamped, expert 0's block of 3
+    // rows pushed expert 1's slot 1 (route 2) to row 4 of the 4 rows of source_of, and route 2
+    // was named.
+    routes r{3, 2, 2, 2, {1, 0, 1, 0, 1, 0}, {0, 0, 1, 1, -1, 1}, {}};
+    for (i32 tile : {1, 2, 4}) {
+      CAPTURE(tile);
+      std::string message;
+      CHECK(lowest_slot_contract_break(r.expert, r.slot, 2, 2, plan_layout::compact) == 3);
+      CHECK(run(r, plan_layout::compact, tile, &message) == 3);
+      CHECK(message.find("slot[t=1, k=1]: slot 1 of expert 0 is also taken by route (t=2, k=1)") !=
+            std::string::npos);
+      CHECK(run(r, plan_layout::capacity_padded, tile, &message) == 3);
+    }
+  }
+
+  SUBCASE("random corrupted plans against the brute-force reference") {
+    std::uint64_t const seed = fresh_seed();
+    INFO("seed " << seed);
+    std::mt19937_64 rng(seed);
+    int refused = 0;
+    for (int trial = 0; trial < 3000; ++trial) {
+      std::uniform_int_distribution<i64> tokens(1, 9);
+      std::uniform_int_distribution<i32> experts(1, 5), capacity(0, 4), tile(1, 4);
+      i32 const E = experts(rng);
+      i32 const K = std::uniform_int_distribution<i32>(1, E)(rng);
+      i64 const C = capacity(rng);
+      routes r = make_routes(rng, tokens(rng), K, E, C);  // small C: drops, over-full if kept
+      auto const n = r.expert.size();
+      std::uniform_int_distribution<std::size_t> pick(0, n - 1);
+      int const faults = std::uniform_int_distribution<int>(1, 3)(rng);
+      for (int f = 0; f < faults; ++f) {
+        std::size_t const i = pick(rng), j = pick(rng);
+        switch (std::uniform_int_distribution<int>(0, 5)(rng)) {
+          case 0:
+            r.expert[i] = std::uniform_int_distribution<i32>(-2, E + 1)(rng);
+            break;
+          case 1:
+            r.slot[i] = static_cast<i32>(std::uniform_int_distribution<i64>(-2, C + 1)(rng));
+            break;
+          case 2:
+            r.expert[i] = r.expert[j];
+            r.slot[i] = r.slot[j];
+            break;  // repeat
+          case 3:   // keep a dropped route in a taken slot (the expert overflows C)
+            if (C > 0)
+              r.slot[i] = static_cast<i32>(std::uniform_int_distribution<i64>(0, C - 1)(rng));
+            break;
+          case 4:
+            r.slot[i] = -1;
+            break;  // a drop: may leave a hole
+          default:
+            r.expert[i] = r.expert[j];
+            break;
+        }
+      }
+      for (auto layout : layouts)
+        for (i32 t : {1, tile(rng)}) {
+          CAPTURE(trial);
+          CAPTURE(t);
+          INFO("layout " << moe::to_string(layout));
+          std::string message;
+          i64 const got = run(r, layout, t, &message);
+          INFO(message);
+          i64 const want = lowest_slot_contract_break(r.expert, r.slot, E, C, layout);
+          CHECK(got == want);
+          if (got < 0) continue;
+          ++refused;
+          CHECK(
+              breaks_slot_contract(r.expert, r.slot, E, C, layout, static_cast<std::size_t>(got)));
+          std::string const names =
+              "[t=" + std::to_string(got / K) + ", k=" + std::to_string(got % K) + "]";
+          CHECK(message.find(names) != std::string::npos);
+          CHECK(message.find("lands past") == std::string::npos);
+        }
+    }
+    CHECK(refused > 1000);  // the corruptions mostly break the contract
+  }
+}
 
 TEST_CASE("plan: every bad input gets a status naming it") {
   using moe::errc;
@@ -786,10 +899,11 @@ TEST_CASE("plan: every bad input gets a status naming it") {
       CHECK(bad == 0);
     }
   }
-  SUBCASE("repeated slots that would push rows past the buffer stop at its end") {
-    // Expert 0 keeps three routes with slots {0, 0, 1} (no hole by count, one repeat), so with
-    // source_of at the bound of 4 rows expert 1's slot 1 would land on row 5: it is refused
-    // (the sanitizer build proves nothing is written there). The lowest bad route is named.
+  SUBCASE("a repeated slot is named, not a later expert's valid route") {
+    // Expert 0 keeps three routes with slots {0, 0, 1} in C = 2 (no hole by count, one
+    // repeat). Its block is clamped to C = 2 rows, so expert 1's slot 1 lands on row 3 of the
+    // 4 that source_of holds (the bound), not on row 4 past its end (the sanitizer build proves
+    // nothing is written there), and the route named is the repeated one, never expert 1's.
     auto run = [&](std::vector<i32> e, std::vector<i32> s) {
       std::vector<i32> ro(5);
       std::vector<i32> so(4, -9);
@@ -810,11 +924,13 @@ TEST_CASE("plan: every bad input gets a status naming it") {
     CHECK(st.code() == errc::invalid_argument);
     CHECK(bad == 0);
     CHECK(contains(st, "also taken by route (t=1, k=0)"));
+    // Before the clamp, route 1 (expert 1, slot 1: valid) was named here as "landing past
+    // source_of"; the repeat is routes 2 and 3.
     st = run({1, 1, 0, 0, 0}, {0, 1, 0, 0, 1});
     CHECK(st.code() == errc::invalid_argument);
-    CHECK(bad == 1);
-    CHECK(contains(st, "slot[t=1, k=0]"));
-    CHECK(contains(st, "lands past the 4 rows"));
+    CHECK(bad == 2);
+    CHECK(contains(st, "slot[t=2, k=0]: slot 0 of expert 0 is also taken by route (t=3, k=0)"));
+    CHECK_FALSE(contains(st, "lands past"));
   }
   SUBCASE("source_of too small: the status gives the size needed") {
     moe::plan_args a = args();

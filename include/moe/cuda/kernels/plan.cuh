@@ -8,7 +8,9 @@
 // Each thread also checks its route against the slot contract with the same MOE_HOST_DEVICE
 // predicates as the host, and claims its row with an atomicCAS from -1, which finds a repeated
 // slot without a second pass; faults go to the bad_route word with atomicMin, so the route
-// reported is the lowest faulty index whatever the thread order.
+// reported is the lowest faulty index whatever the thread order. The scan clamps each block to
+// C rows (plan_block_rows), so an expert whose slots repeat cannot push a later expert's valid
+// routes past source_of: every flagged route breaks the contract itself, as on the host.
 #pragma once
 
 #include <cstdint>  // std::int32_t, std::int64_t
@@ -29,8 +31,8 @@ struct plan_bin_of_route {
   }
 };
 
-/// Scan input: entry e < E is expert e's block of rows; entry E is 0, so the exclusive sum of
-/// E + 1 entries ends with the rows used.
+/// Scan input: entry e < E is expert e's block of rows (its count clamped to C, then tiled);
+/// entry E is 0, so the exclusive sum of E + 1 entries ends with the rows used.
 struct plan_block_rows_of_expert {
   std::int32_t const* counts;  // [E] kept routes per expert
   std::int32_t experts;
@@ -76,7 +78,7 @@ __global__ void plan_scatter_kernel(std::int32_t const* __restrict__ expert,   /
       std::int64_t const at = moe::detail::plan_slot_is_hole(s, counts[e], layout)
                                   ? -1
                                   : moe::detail::plan_row(offsets[e], s, source_rows);
-      if (at < 0) {
+      if (at < 0) {  // a hole (past source_of cannot happen: see detail::plan_row)
         plan_report(bad_route, i);
       } else {
         std::int32_t const taken =
