@@ -7,6 +7,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstddef>  // std::size_t
+#include <cstdint>  // std::int64_t
 
 #include "moe/cuda.cuh"
 
@@ -75,6 +76,35 @@ inline void roofline(benchmark::State& state, double bytes) {
     state.counters["roofline_fraction"] =
         benchmark::Counter(bytes * static_cast<double>(state.iterations()) / roof,
                            benchmark::Counter::kIsRate);
+}
+
+/// A device buffer of n elements (cudaMalloc, null when that fails; freed by the destructor).
+template <class T>
+struct device_buffer {
+  T* p = nullptr;
+  explicit device_buffer(std::int64_t n) {
+    if (cudaMalloc(&p, static_cast<std::size_t>(n > 0 ? n : 1) * sizeof(T)) != cudaSuccess)
+      p = nullptr;
+  }
+  device_buffer(device_buffer const&) = delete;
+  device_buffer& operator=(device_buffer const&) = delete;
+  ~device_buffer() { cudaFree(p); }
+};
+
+/// Dense peak FLOP/s of the current device: SMs × clock (cudaDevAttrClockRate, the boost
+/// clock) × FLOP/clk/SM — of the bf16 tensor cores (4096 on sm_90, 2048 on sm_80, 1024 on
+/// others), or of fp32 FFMA on the CUDA cores (256; 128 on sm_80 and older).
+inline double device_peak(bool tensor_cores) {
+  int dev = 0, sms = 0, khz = 0, major = 0, minor = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  bool const sm80 = major == 8 && minor == 0;
+  double const per_clock = tensor_cores ? (major >= 9 ? 4096 : (sm80 ? 2048 : 1024))
+                                        : (sm80 || major < 8 ? 128 : 256);
+  return static_cast<double>(sms) * static_cast<double>(khz) * 1e3 * per_clock;
 }
 
 }  // namespace moe_bench

@@ -33,18 +33,8 @@ constexpr moe::config bf16_cfg{.experts = 64, .top_k = 8, .capacity_factor = {0,
                                .eval_capacity_factor = {0, 1}};
 using X = moe::bf16;
 
-/// A device buffer of n elements (cudaMalloc; freed by the destructor).
 template <class T>
-struct buffer {
-  T* p = nullptr;
-  explicit buffer(i64 n) {
-    if (cudaMalloc(&p, static_cast<std::size_t>(n > 0 ? n : 1) * sizeof(T)) != cudaSuccess)
-      p = nullptr;
-  }
-  buffer(buffer const&) = delete;
-  buffer& operator=(buffer const&) = delete;
-  ~buffer() { cudaFree(p); }
-};
+using buffer = device_buffer<T>;
 
 /// Uniform [-1, 1) bf16 values, drawn as floats in chunks through `scratch`.
 bool fill(X* out, i64 n, std::uint64_t seed, float* scratch, i64 chunk) {
@@ -102,17 +92,8 @@ double dense_rate(i64 m, i64 n, i64 k) {
   return cache[key] = rate;
 }
 
-/// Dense bf16 tensor-core peak: SMs × clock × FLOP/clk/SM (see the file comment).
-double tensor_peak() {
-  int dev = 0, sms = 0, khz = 0, major = 0, minor = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev);
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  double const per_clock = major >= 9 ? 4096 : (major == 8 && minor == 0 ? 2048 : 1024);
-  return static_cast<double>(sms) * static_cast<double>(khz) * 1e3 * per_clock;
-}
+/// Dense bf16 tensor-core peak (see the file comment).
+double tensor_peak() { return device_peak(true); }
 
 enum class gemm_op { forward, dgrad, wgrad };
 

@@ -486,8 +486,9 @@ void grouped_gemm_shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_grouped_gemm<moe::configs::top2_fp32>)->Apply(grouped_gemm_shapes);
 BENCHMARK(BM_grouped_gemm<moe::configs::top2_bf16>)->Apply(grouped_gemm_shapes);
-// A small unnamed row for the smoke test's /1024$ filter (the named rows escape it).
-BENCHMARK(BM_grouped_gemm<moe::configs::top2_bf16>)->Args({4, 1, 1024})->UseRealTime();
+// A small unnamed row for the smoke test's /1024$ filter (the named rows escape it). CPU time:
+// UseRealTime would append "/real_time" to the name, and the filter would miss it.
+BENCHMARK(BM_grouped_gemm<moe::configs::top2_bf16>)->Args({4, 1, 1024});
 // ---- end grouped GEMM ------------------------------------------------------------------------
 
 // ---- router (moe/router.hpp) ---------------------------------------------------------------------
@@ -537,5 +538,126 @@ BENCHMARK(BM_route<route_config<64, 8>>)->Apply(route_sizes);
 BENCHMARK(BM_route<route_config<256, 8>>)->Apply(route_sizes);
 BENCHMARK(BM_route<route_config<8, 2>>)->Arg(1024);  // the smoke test's /1024$ row
 // ---- end router ----------------------------------------------------------------------------------
+
+// ---- the whole layer (moe/layer.hpp) ---------------------------------------------------------
+// moe::layer<C> on T tokens, H and F given (no shared experts, no residual MLP), in training
+// mode (cf 5/4 applies, so routes can drop), layer.init's weights N(0, 0.02²) and zero biases,
+// x and dy N(0, 1):
+//
+//   BM_layer_forward<C>   layer.forward (router GEMM, route, plan, permute, expert FFN, combine)
+//   BM_layer_step<C>      zero_grad + forward + backward, all three inside the timed loop (the
+//                         step a training loop runs; zero_grad is a memset of the gradients)
+//
+// Counters: flop_per_second counts the GEMMs the layer runs: the router GEMM 2·T·H·E (backward
+// 4·T·H·E: dx and dW_g) and the routed experts' two grouped GEMMs on the kept rows M = T·K −
+// dropped (from layer_stats, so dropped routes add nothing): 2·M·H·F_w + 2·M·F·H forward
+// (F_w = 2F for gated activations), twice that backward (dgrad and wgrad of each), plus the
+// first GEMM again when options().recompute is fc1. Element-wise work (route, permute,
+// activation, combine, zero_grad) is not counted. tokens_per_second = T per call; kept_rows is
+// M. Real time: the grouped GEMMs run on OpenMP threads. Args: H, F, T.
+//
+// Run:  ./build/bench/benchmarks/moe_bench_host --benchmark_filter=BM_layer
+#include <cstdlib>  // std::aligned_alloc, std::free
+#include <memory>   // std::unique_ptr (the workspace)
+
+namespace {
+
+struct free_deleter {
+  void operator()(void* q) const noexcept { std::free(q); }
+};
+
+/// FLOPs of one layer forward and one layer backward (see the section comment).
+struct layer_flop_count {
+  double forward = 0, backward = 0;
+};
+
+template <moe::config C>
+layer_flop_count layer_flops(moe::layer_shape const& s, moe::layer_options const& o,
+                             std::int64_t tokens, std::int64_t kept_rows) {
+  auto const T = static_cast<double>(tokens), M = static_cast<double>(kept_rows);
+  auto const H = static_cast<double>(s.hidden), F = static_cast<double>(s.ffn);
+  double const Fw = moe::is_gated(C.ffn_activation) ? 2.0 * F : F;
+  double const router = 2.0 * T * H * C.experts;
+  double const fc1 = 2.0 * M * H * Fw, fc2 = 2.0 * M * F * H;
+  double const recompute = o.recompute == moe::ffn_recompute::fc1 ? fc1 : 0.0;
+  return {router + fc1 + fc2, 2.0 * router + 2.0 * (fc1 + fc2) + recompute};
+}
+
+/// Step = false: forward only; true: zero_grad + forward + backward.
+template <moe::config C, bool Step>
+void BM_layer(benchmark::State& state) {
+  using A = moe::act_t<C>;
+  std::int64_t const H = state.range(0), F = state.range(1), T = state.range(2);
+  moe::layer<C> layer({.hidden = H, .ffn = F});
+  moe::status s = layer.allocate();
+  if (s.ok()) s = layer.init({.seed = 1, .std = 0.02f});
+  if (!s.ok()) return state.SkipWithError(s.message());
+  moe::problem const p = layer.make_problem(T);
+  std::size_t const bytes = (layer.workspace_bytes(p) + 63) / 64 * 64;
+  std::unique_ptr<void, free_deleter> const ws(std::aligned_alloc(64, bytes));
+  if (ws == nullptr) return state.SkipWithError("no memory for the layer's workspace");
+  auto const n = static_cast<std::size_t>(T * H);
+  std::vector<A> x(n), y(n), dy(n), dx(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    x[i] = moe::from_float<A>(moe::normal(3, 2 * i));
+    dy[i] = moe::from_float<A>(moe::normal(4, 2 * i));
+  }
+  moe::layer_stats stats{};
+  for (auto _ : state) {
+    if constexpr (Step) s = layer.zero_grad();
+    if (s.ok())
+      s = layer.forward(moe::host, p, {.x = x.data(), .y = y.data(), .stats = &stats}, ws.get(),
+                        bytes);
+    if constexpr (Step)
+      if (s.ok())
+        s = layer.backward(moe::host, p, {.x = x.data(), .dy = dy.data(), .dx = dx.data()},
+                           ws.get(), bytes);
+    if (!s.ok()) {
+      state.SkipWithError(s.message());
+      break;
+    }
+    benchmark::DoNotOptimize(y.data());
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  }
+  if (!s.ok()) return;
+  // Same x every call, so every call routes alike: the last call's statistics hold for all.
+  std::int64_t const kept = stats.route.routes - stats.route.dropped;
+  layer_flop_count const f = layer_flops<C>(layer.shape(), layer.options(), T, kept);
+  auto const calls = static_cast<double>(state.iterations());
+  state.counters["flop_per_second"] = benchmark::Counter(
+      (Step ? f.forward + f.backward : f.forward) * calls, benchmark::Counter::kIsRate);
+  state.counters["tokens_per_second"] =
+      benchmark::Counter(static_cast<double>(T) * calls, benchmark::Counter::kIsRate);
+  state.counters["kept_rows"] = static_cast<double>(kept);
+}
+
+template <moe::config C>
+void BM_layer_forward(benchmark::State& state) {
+  BM_layer<C, false>(state);
+}
+template <moe::config C>
+void BM_layer_step(benchmark::State& state) {
+  BM_layer<C, true>(state);
+}
+
+void layer_shapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"H", "F", "T"})->Unit(benchmark::kMillisecond)->UseRealTime();
+  for (std::int64_t T : {256, 1024}) b->Args({256, 512, T});
+}
+
+}  // namespace
+
+BENCHMARK(BM_layer_forward<moe::configs::top2_fp32>)->Apply(layer_shapes);
+BENCHMARK(BM_layer_forward<moe::configs::top2_bf16>)->Apply(layer_shapes);
+BENCHMARK(BM_layer_step<moe::configs::top2_fp32>)->Apply(layer_shapes);
+BENCHMARK(BM_layer_step<moe::configs::top2_bf16>)->Apply(layer_shapes);
+// Small unnamed rows for the smoke test's /1024$ filter (the named rows above escape it):
+// H = 32, F = 64, T = 1024. CPU time, because UseRealTime appends "/real_time" to the name.
+BENCHMARK(BM_layer_forward<moe::configs::top2_fp32>)->Args({32, 64, 1024});
+BENCHMARK(BM_layer_forward<moe::configs::top2_bf16>)->Args({32, 64, 1024});
+BENCHMARK(BM_layer_step<moe::configs::top2_fp32>)->Args({32, 64, 1024});
+BENCHMARK(BM_layer_step<moe::configs::top2_bf16>)->Args({32, 64, 1024});
+// ---- end layer --------------------------------------------------------------------------------
 
 BENCHMARK_MAIN();
