@@ -1,9 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 # Finds NCCL (it ships no CMake config) and defines the IMPORTED target NCCL::nccl.
-# Hints: NCCL_ROOT, the CUDA toolkit's directories (CUDAToolkit_INCLUDE_DIRS/LIBRARY_DIR).
-find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${NCCL_ROOT} ${CUDAToolkit_INCLUDE_DIRS}
+# Hints: NCCL_ROOT (CMake or environment variable), the CUDA toolkit's directories
+# (CUDAToolkit_INCLUDE_DIRS/LIBRARY_DIR). A Python wheel's NCCL (pip nvidia-nccl-cu13, the
+# package's directory as NCCL_ROOT) has only libnccl.so.2, no libnccl.so: both names are tried.
+find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${NCCL_ROOT} $ENV{NCCL_ROOT} ${CUDAToolkit_INCLUDE_DIRS}
           PATH_SUFFIXES include)
-find_library(NCCL_LIBRARY nccl HINTS ${NCCL_ROOT} ${CUDAToolkit_LIBRARY_DIR}
+find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR
+             HINTS ${NCCL_ROOT} $ENV{NCCL_ROOT} ${CUDAToolkit_LIBRARY_DIR}
              PATH_SUFFIXES lib lib64)
 if(NCCL_INCLUDE_DIR AND EXISTS "${NCCL_INCLUDE_DIR}/nccl.h")
   file(STRINGS "${NCCL_INCLUDE_DIR}/nccl.h" _nccl_version_lines

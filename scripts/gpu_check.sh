@@ -10,17 +10,25 @@
 #   4. runs the CUDA benchmarks (short repetitions),
 #   5. writes one report: GPU, driver, date, and every result above.
 # Device time is scarce, so every step after the build has a wall-clock cap (seconds, from the
-# environment): MOE_CHECK_CTEST_S (300), MOE_CHECK_SANITIZER_S (150 per tool),
-# MOE_CHECK_SANITIZER_NCCL_S (90), MOE_CHECK_BENCH_S (150); a step that hits its cap is
-# reported as such.
+# environment): MOE_CHECK_CTEST_S (180), MOE_CHECK_SANITIZER_S (100 per tool),
+# MOE_CHECK_SANITIZER_NCCL_S (60), MOE_CHECK_BENCH_S (150); a step that hits its cap is
+# reported as such. `tests` then fits 10 minutes with a build of a few minutes, `extra` too.
 # doctest and Google Benchmark come from the system, or from .deps/ (scripts/bring_deps.sh).
 #
-#   bash scripts/gpu_check.sh [REPORT_DIR]     (default: $OUT if set, else ./gpu-report)
+#   bash scripts/gpu_check.sh [REPORT_DIR [PHASE]]   (REPORT_DIR: $OUT if set, else ./gpu-report)
+#
+# PHASE splits the check over two calls of at most 10 minutes on one warm machine (the build
+# directory stays there between calls): `tests` builds and runs ctest and memcheck (the gpu
+# tests, the NCCL layer); `extra` runs racecheck, synccheck and the benchmarks on that build;
+# `all` (the default) does both in one call. Caps' defaults per phase are in the script.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu-report}}"
+phase="${2:-all}"
+case "$phase" in all|tests|extra) ;; *) echo "gpu_check: PHASE is all, tests or extra" >&2; exit 2;; esac
 mkdir -p "$out"
 report="$out/gpu-report.md"
+want() { [[ "$phase" == all || "$phase" == "$1" ]]; }
 build=build/gpu
 jobs="$(nproc)"
 export PATH="/usr/local/cuda/bin:$PATH"
@@ -36,7 +44,7 @@ arch="${cc/./}"
   echo
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "- GPU: $gpu_name (compute capability $cc), driver $driver; built for sm_$arch"
+  echo "- GPU: $gpu_name (compute capability $cc), driver $driver; built for sm_$arch; phase $phase"
   echo "- nvcc: $(nvcc --version | tail -n 1)"
   echo "- cmake: $(cmake --version | head -n 1)"
 } > "$report"
@@ -47,6 +55,17 @@ cfg=(-S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOE_ENABLE_CU
 [[ -d .deps/benchmark ]] && cfg+=(-DMOE_BENCHMARK_DIR="$PWD/.deps/benchmark")
 if command -v ccache >/dev/null; then
   cfg+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
+fi
+# NCCL: the CUDA toolkit's, else the one PyTorch's environment ships (pip nvidia-nccl-cu13:
+# include/nccl.h and lib/libnccl.so.2), found through python3.
+if [[ ! -f /usr/local/cuda/include/nccl.h && -z "${NCCL_ROOT:-}" ]]; then
+  NCCL_ROOT="$(python3 -c 'import os, nvidia.nccl as n; print(os.path.dirname(n.__file__))' \
+               2>/dev/null || true)"
+fi
+if [[ -n "${NCCL_ROOT:-}" ]]; then
+  cfg+=(-DNCCL_ROOT="$NCCL_ROOT")
+  export LD_LIBRARY_PATH="$NCCL_ROOT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "- NCCL: $NCCL_ROOT" >> "$report"
 fi
 
 section() { printf '\n## %s\n\n```\n' "$1" >> "$report"; }
@@ -63,44 +82,57 @@ if ! { cmake "${cfg[@]}" && cmake --build "$build" -j "$jobs" --target "${target
   tail -n 60 "$out/build.log" >> "$report"; end_section
   echo "BUILD FAILED" >> "$report"; cat "$report"; exit 1
 fi
-echo "built in $((SECONDS - start)) s" >> "$report"; end_section
+echo "built in $((SECONDS - start)) s" >> "$report"
+for t in tests/moe_nccl_tests benchmarks/moe_bench_cuda; do
+  [[ -x "$build/$t" ]] || echo "not built: $t (NCCL or Google Benchmark missing; see build.log)" >> "$report"
+done
+end_section
 
+if want tests; then
 section "ctest (labels gpu, kernels, cuda)"
 start=$SECONDS
-timeout "${MOE_CHECK_CTEST_S:-300}" ctest --test-dir "$build" -L "gpu|kernels|cuda" -j 2 \
+timeout "${MOE_CHECK_CTEST_S:-180}" ctest --test-dir "$build" -L "gpu|kernels|cuda" -j 2 \
   --output-on-failure --timeout 240 > "$out/ctest.log" 2>&1 || failed=1
 grep -E "tests passed|tests failed|\*\*\*|Skipped|Failed" "$out/ctest.log" >> "$report"
 echo "ctest took $((SECONDS - start)) s" >> "$report"; end_section
 
+fi
+
 sanitizer="$(command -v compute-sanitizer || true)"
-for tool in memcheck racecheck synccheck; do
+tools=()
+want tests && tools+=(memcheck)
+want extra && tools+=(racecheck synccheck)
+for tool in "${tools[@]}"; do
   section "compute-sanitizer --tool $tool (gpu tests)"
   if [[ -z "$sanitizer" ]]; then echo "compute-sanitizer not found" >> "$report"; end_section; continue; fi
   # The exhaustive conversion sweeps would take hours under the sanitizer: stride them.
-  MOE_TEST_FLOAT_STRIDE=65521 timeout "${MOE_CHECK_SANITIZER_S:-150}" "$sanitizer" --tool "$tool" \
+  MOE_TEST_FLOAT_STRIDE=65521 timeout "${MOE_CHECK_SANITIZER_S:-100}" "$sanitizer" --tool "$tool" \
     --error-exitcode 99 "$build/tests/moe_cuda_tests" > "$out/sanitizer-$tool.log" 2>&1
   rc=$?
-  [[ $rc == 124 ]] && echo "stopped at the ${MOE_CHECK_SANITIZER_S:-150} s cap" >> "$report"
+  [[ $rc == 124 ]] && echo "stopped at the ${MOE_CHECK_SANITIZER_S:-100} s cap" >> "$report"
   [[ $rc != 0 && $rc != 124 ]] && failed=1
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test cases|assertions" "$out/sanitizer-$tool.log" \
     >> "$report"
   end_section
 done
 
+if want tests; then
 section "compute-sanitizer --tool memcheck (the CUDA layer over NCCL)"
 if [[ -n "$sanitizer" && -x "$build/tests/moe_nccl_tests" ]]; then
-  timeout "${MOE_CHECK_SANITIZER_NCCL_S:-90}" "$sanitizer" --tool memcheck --error-exitcode 99 \
+  timeout "${MOE_CHECK_SANITIZER_NCCL_S:-60}" "$sanitizer" --tool memcheck --error-exitcode 99 \
     "$build/tests/moe_nccl_tests" --source-file='*test_layer_nccl.cu' \
     > "$out/sanitizer-memcheck-nccl.log" 2>&1
   rc=$?
-  [[ $rc == 124 ]] && echo "stopped at the ${MOE_CHECK_SANITIZER_NCCL_S:-90} s cap" >> "$report"
+  [[ $rc == 124 ]] && echo "stopped at the ${MOE_CHECK_SANITIZER_NCCL_S:-60} s cap" >> "$report"
   [[ $rc != 0 && $rc != 124 ]] && failed=1
   grep -E "ERROR SUMMARY|test cases|assertions" "$out/sanitizer-memcheck-nccl.log" >> "$report"
 else
   echo "compute-sanitizer or moe_nccl_tests missing" >> "$report"
 fi
 end_section
+fi
 
+if want extra; then
 section "CUDA benchmarks"
 if [[ -x "$build/benchmarks/moe_bench_cuda" ]]; then
   timeout "${MOE_CHECK_BENCH_S:-150}" "$build/benchmarks/moe_bench_cuda" \
@@ -114,6 +146,7 @@ else
   echo "moe_bench_cuda not built (Google Benchmark missing: run scripts/bring_deps.sh)" >> "$report"
 fi
 end_section
+fi
 
 echo >> "$report"
 [[ $failed == 0 ]] && echo "RESULT: PASS" >> "$report" || echo "RESULT: FAIL" >> "$report"
