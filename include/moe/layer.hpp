@@ -133,10 +133,11 @@ struct layer_backward_args {
 /// The routing of the last forward, read from its workspace (host memory on the host backend).
 struct layer_routing {
   std::int32_t const* expert = nullptr;  ///< [T, K]
-  std::int32_t const* slot = nullptr;    ///< [T, K], -1 = dropped
+  std::int32_t const* slot = nullptr;    ///< [T, K], -1 = dropped (expert parallel: the slot
+                                         ///< in this rank's rows for the expert)
   float const* weight = nullptr;         ///< [T, K]
-  std::int32_t const* counts = nullptr;  ///< [E] before drops
-  std::int32_t const* kept = nullptr;    ///< [E] after drops
+  std::int32_t const* counts = nullptr;  ///< [E] before drops (expert parallel: the group's)
+  std::int32_t const* kept = nullptr;    ///< [E] after drops (expert parallel: the group's)
 };
 
 /// How a layer's parameters start.
@@ -749,11 +750,14 @@ class layer {
   [[nodiscard]] layer_routing routing(problem const& p, void const* workspace) const noexcept {
     auto const w = layout(p);
     void* ws = const_cast<void*>(workspace);
+    // With expert parallelism the counts are the group's (every rank routes the whole batch).
+    std::size_t const counts = expert_parallel ? w.g_counts : w.counts;
+    std::size_t const kept = expert_parallel ? w.g_kept : w.kept;
     return {detail::layer_impl::at<std::int32_t>(ws, w.expert),
             detail::layer_impl::at<std::int32_t>(ws, w.slot),
             detail::layer_impl::at<float>(ws, w.weight),
-            detail::layer_impl::at<std::int32_t>(ws, w.counts),
-            detail::layer_impl::at<std::int32_t>(ws, w.kept)};
+            detail::layer_impl::at<std::int32_t>(ws, counts),
+            detail::layer_impl::at<std::int32_t>(ws, kept)};
   }
 
   /// Forward: y = the layer of x. Leaves in `workspace` what backward needs. Host: returns

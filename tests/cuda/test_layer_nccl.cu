@@ -10,11 +10,12 @@
 // against the static bound there), bf16 1e-2 (about three bf16 ulps, 3.9e-3 each). Cases:
 // a skewed gate with drops and shared + residual branches (fp32), a balanced bf16 layer, a
 // rank with no tokens, a group_tokens that disagrees, and the replicated gradients' all-reduce
-// (a sum over one rank: unchanged). Multi-rank NCCL runs need several GPUs.
+// (a sum over one rank: unchanged). Multi-rank NCCL runs need several GPUs; the two GPU-only
+// pieces of the path that one rank leaves trivial (local slots with tokens before this rank,
+// the regrouping maps) are checked against the host path's code for R = 2 and 4 at the end.
 #include <doctest/doctest.h>
 
-#include <algorithm>  // std::max
-#include <cmath>      // std::abs
+#include <algorithm>  // std::copy
 #include <cstdint>    // std::int64_t
 #include <cstring>    // std::memcmp, std::strstr
 #include <random>     // std::mt19937_64
@@ -34,6 +35,13 @@ std::vector<T> download(T const* p, std::int64_t n) {
   if (n > 0)
     MOE_REQUIRE_CUDA(cudaMemcpy(h.data(), p, h.size() * sizeof(T), cudaMemcpyDeviceToHost));
   return h;
+}
+
+/// Copies v to the device memory at base + offset.
+template <class T>
+void upload_at(char* base, std::size_t offset, std::vector<T> const& v) {
+  MOE_REQUIRE_CUDA(
+      cudaMemcpy(base + offset, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
 }
 
 moe::comm::nccl one_rank() {
@@ -196,4 +204,120 @@ TEST_CASE("cuda layer over nccl: a group_tokens that disagrees gets a status") {
       ep.forward(moe::cuda_on(nullptr), p, {x.data(), y.data()}, ws.data(), bytes);
   CHECK(s.code() == moe::errc::invalid_argument);
   CHECK(std::strstr(s.message(), "group_tokens") != nullptr);
+}
+
+// The two pieces of the GPU expert-parallel path that one rank cannot exercise (with R = 1 the
+// local slots are the group's and the regrouping is the identity): against the host path's
+// own code, for R = 2 and 4 with a rank that has tokens before it.
+TEST_CASE("cuda expert parallel: local slots and the regrouping maps equal the host path's") {
+  constexpr moe::config C = moe::configs::top2_fp32;
+  namespace li = moe::detail::layer_impl;
+  std::uint64_t const seed = std::random_device{}();
+  CAPTURE(seed);
+  std::mt19937_64 gen(seed);
+  std::int64_t const E = C.experts, K = C.top_k;
+  std::int32_t const ranks[2] = {2, 4};
+  for (std::int32_t R : ranks) {
+    CAPTURE(R);
+    std::int64_t const El = E / R;
+    // The group: ranks of 13, 0, 29, ... tokens; rank R - 1 (tokens before it) is checked.
+    std::vector<std::int64_t> share(static_cast<std::size_t>(R));
+    for (std::int32_t r = 0; r < R; ++r)
+      share[static_cast<std::size_t>(r)] = r == 1 ? 0 : 13 + 16 * r;
+    std::int64_t Tg = 0, tb = 0;
+    for (std::int32_t r = 0; r < R; ++r) {
+      if (r < R - 1) tb += share[static_cast<std::size_t>(r)];
+      Tg += share[static_cast<std::size_t>(r)];
+    }
+    std::int64_t const T = share.back();
+    moe::layer_shape const shape{.hidden = 8, .ffn = 8, .ep_size = R};
+    moe::problem p{};
+    p.tokens = T;
+    p.group_tokens = Tg;
+    p.hidden = 8;
+    p.ffn = 8;
+    p.ep_size = R;
+    p.ep_rank = R - 1;
+    p.training = true;
+    // The group's routing on the host: random logits, capacity with drops.
+    moe::problem pg = li::group_problem(p);
+    std::vector<float> logits(static_cast<std::size_t>(Tg * E));
+    std::normal_distribution<float> normal;
+    for (auto& v : logits) v = normal(gen);
+    for (std::int64_t t = 0; t < Tg; ++t) logits[static_cast<std::size_t>(t * E)] += 2.0f;  // skew
+    std::vector<std::int32_t> g_expert(static_cast<std::size_t>(Tg * K)), g_slot(g_expert.size()),
+        counts(static_cast<std::size_t>(E)), kept(counts.size());
+    std::vector<float> g_weight(g_expert.size());
+    moe::route_stats st{};
+    MOE_REQUIRE_OK(moe::route<C>(moe::host, pg, {},
+                                 {logits.data(), g_expert.data(), g_weight.data(), g_slot.data(),
+                                  counts.data(), kept.data(), nullptr, &st}));
+    CHECK(st.dropped > 0);
+    // The same group routing in a host and a device workspace.
+    auto const Lh = li::make_layout<C>(shape, p, 0, true);
+    auto const Ld = li::make_layout<C>(
+        shape, p, li::layer_memory<moe::cuda_policy>::op_scratch<C>(shape, {}, p), true);
+    std::vector<std::int64_t> hbuf(Lh.bytes / sizeof(std::int64_t) + 1);
+    void* const hws = hbuf.data();
+    moe::test::device_vector<char> dws(Ld.bytes);
+    std::copy(g_expert.begin(), g_expert.end(), li::at<std::int32_t>(hws, Lh.g_expert));
+    std::copy(g_slot.begin(), g_slot.end(), li::at<std::int32_t>(hws, Lh.g_slot));
+    std::copy(g_weight.begin(), g_weight.end(), li::at<float>(hws, Lh.g_weight));
+    *li::at<moe::route_stats>(hws, Lh.stats) = st;
+    upload_at(dws.data(), Ld.g_expert, g_expert);
+    upload_at(dws.data(), Ld.g_slot, g_slot);
+    upload_at(dws.data(), Ld.g_weight, g_weight);
+    li::local_slots<C>(T, tb, hws, Lh);
+    auto const ops = moe::cuda_on(nullptr, dws.data() + Ld.op_scratch, Ld.op_scratch_bytes);
+    MOE_REQUIRE_OK(li::local_slots<C>(ops, p, tb, dws.data(), Ld));
+    MOE_REQUIRE_CUDA(cudaDeviceSynchronize());
+    auto* const he = li::at<std::int32_t>(hws, Lh.expert);
+    auto* const hs = li::at<std::int32_t>(hws, Lh.slot);
+    CHECK(download(li::at<std::int32_t>(dws.data(), Ld.expert), T * K) ==
+          std::vector<std::int32_t>(he, he + T * K));
+    CHECK(download(li::at<std::int32_t>(dws.data(), Ld.slot), T * K) ==
+          std::vector<std::int32_t>(hs, hs + T * K));
+
+    // The regrouping: random per-(source, local expert) counts, some zero.
+    std::uniform_int_distribution<int> rows(0, 5);
+    std::vector<std::int64_t> recv_counts(static_cast<std::size_t>(E)),
+        offsets(static_cast<std::size_t>(E + 1));
+    for (auto& c : recv_counts) c = rows(gen) == 0 ? 0 : rows(gen);
+    offsets[0] = 0;
+    for (std::int64_t e = 0; e < E; ++e)
+      offsets[static_cast<std::size_t>(e + 1)] = offsets[static_cast<std::size_t>(e)] + rows(gen);
+    li::workspace_layout bounds{};
+    bounds.rows = offsets.back();
+    bounds.rows_recv = 6 * E;
+    std::vector<std::int64_t> send_rows(static_cast<std::size_t>(R)), recv_rows(send_rows.size()),
+        e_offsets(static_cast<std::size_t>(El + 1)), table(static_cast<std::size_t>(3 * E));
+    std::vector<std::int32_t> order(static_cast<std::size_t>(6 * E), -2), inverse(order.size(), -2);
+    std::int64_t Mr = 0, pair = 0;
+    MOE_REQUIRE_OK(li::ep_rows(
+        offsets.data(), recv_counts.data(), R, El, bounds, send_rows.data(), recv_rows.data(),
+        e_offsets.data(), Mr, [&](std::int64_t first, std::int64_t g, std::int64_t n) {
+          for (std::int64_t i = 0; i < n; ++i) {
+            order[static_cast<std::size_t>(g + i)] = static_cast<std::int32_t>(first + i);
+            inverse[static_cast<std::size_t>(first + i)] = static_cast<std::int32_t>(g + i);
+          }
+          table[static_cast<std::size_t>(3 * pair)] = first;
+          table[static_cast<std::size_t>(3 * pair + 1)] = g;
+          table[static_cast<std::size_t>(3 * pair + 2)] = n;
+          ++pair;
+        }));
+    CHECK(pair == E);
+    moe::test::device_vector<std::int64_t> dtable(table.size());
+    moe::test::device_vector<std::int32_t> dorder(order.size()), dinverse(order.size());
+    dtable.upload(table);
+    dorder.upload(order);
+    dinverse.upload(inverse);
+    moe::backend::cuda::ep_regroup_kernel<><<<moe::backend::cuda::grid_for(E, 1), 128>>>(
+        E, dtable.data(), dorder.data(), dinverse.data());
+    MOE_REQUIRE_CUDA(cudaGetLastError());
+    CHECK(dorder.download() == order);
+    CHECK(dinverse.download() == inverse);
+    // The maps are inverse permutations of the Mr received rows.
+    for (std::int64_t g = 0; g < Mr; ++g)
+      CHECK(inverse[static_cast<std::size_t>(order[static_cast<std::size_t>(g)])] == g);
+  }
 }

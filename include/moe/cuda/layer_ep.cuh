@@ -129,6 +129,8 @@ status layer_forward_ep(cuda_policy policy, layer_state<C> const& self, comm::nc
   comm.set_stream(stream);
   ep_host_layout const HL(R, E);
   std::int64_t* const hs = self.host_scratch;
+  if (HL.end + ep_record_size(R) > layer_memory<cuda_policy>::host_scratch<C>(true))
+    return status::error(errc::internal, "layer::forward: host scratch too small for R = %d", R);
 
   // 0. Every rank's (T, T_g, fingerprint), read back and checked identically everywhere.
   std::int64_t const mine[3] = {p.tokens, L.group_tokens,
@@ -183,7 +185,7 @@ status layer_forward_ep(cuda_policy policy, layer_state<C> const& self, comm::nc
     MOE_TRY(check_launch(stream, "ep_regroup_kernel"));
   }
   // The record backward reads back: every rank's tokens, rows sent and received, M, M_r.
-  std::int64_t* const rec = table + 3 * E;  // past the table: free host scratch
+  std::int64_t* const rec = hs + HL.end;  // past the layout: free host scratch
   for (std::int64_t i = 0; i < 3 * R; ++i) rec[i] = hs[HL.tok + i];
   for (std::int32_t r = 0; r < R; ++r) {
     rec[3 * R + r] = n.send_rows[r];
@@ -224,10 +226,23 @@ status layer_backward_ep(cuda_policy policy, layer_state<C> const& self, comm::n
     if (r < comm.rank()) tb += rec[3 * r];
   }
   ep_counts const n{rec + 3 * R, rec + 4 * R, rows_of, rec[5 * R], rec[5 * R + 1], tb};
-  if (rec[3 * comm.rank()] != T || n.M < 0 || n.M > L.rows || n.Mr < 0 || n.Mr > L.rows_recv)
+  // The record must be this problem's forward: this rank's T, the group's T, counts that are
+  // not negative and add up to M and M_r within the workspace's bounds (garbage would reach
+  // ncclSend/ncclRecv as sizes).
+  std::int64_t group = 0, sent = 0, received = 0;
+  bool sane = rec[3 * comm.rank()] == T && n.M >= 0 && n.M <= L.rows && n.Mr >= 0 &&
+              n.Mr <= L.rows_recv;
+  for (std::int32_t r = 0; r < R; ++r) {
+    sane = sane && rows_of[r] >= 0 && n.send_rows[r] >= 0 && n.recv_rows[r] >= 0;
+    group += rows_of[r];
+    sent += n.send_rows[r];
+    received += n.recv_rows[r];
+  }
+  if (!sane || group != L.group_tokens || sent != n.M || received != n.Mr)
     return status::error(errc::invalid_argument,
                          "layer::backward: the workspace does not hold this rank's forward of "
-                         "%lld tokens (call forward first, with the same problem)",
+                         "%lld tokens (call forward first, with the same problem, on the same "
+                         "stream or after it)",
                          static_cast<long long>(T));
   phase_timer clock{nullptr};
   return ep_backward_steps(policy, layer_glue<cuda_policy>::ops(policy, ws, L), self, comm, p, a,
