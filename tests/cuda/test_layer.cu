@@ -6,7 +6,8 @@
 // fp32 sum whatever the order and both backends route identically; the other tensors are
 // random. Bounds: fp32 1e-4 · max|ref| (GEMM sums of ~100 terms in different orders, about
 // 100 · 6e-8 relative, and the chain of FFN layers); bf16 2e-2 · max|ref| (intermediates are
-// stored in bf16, u = 3.9e-3, so one rounding that lands differently moves a value by an ulp).
+// stored in bf16, u = 3.9e-3, so one rounding that lands differently moves a value by an ulp);
+// fp64 1e-10 (below). Every run is on a non-blocking stream.
 #include <doctest/doctest.h>
 
 #include <algorithm>  // std::max
@@ -70,14 +71,17 @@ void compare_layers(moe::layer_shape shape, std::int64_t T, double tol) {
   std::int64_t const n = host.parameter_count();
   std::vector<G> first_grads;
   std::vector<A> first_y, first_dx;
+  // A non-blocking stream: a launch on the legacy stream instead of the policy's would race.
+  cudaStream_t stream = nullptr;
+  MOE_REQUIRE_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  auto const on = moe::cuda_on(stream);
   for (int run = 0; run < 2; ++run) {
-    MOE_REQUIRE_OK(dev.zero_grad(moe::cuda_on(nullptr)));
-    MOE_REQUIRE_OK(dev.forward(moe::cuda_on(nullptr), p,
+    MOE_REQUIRE_OK(dev.zero_grad(on));
+    MOE_REQUIRE_OK(dev.forward(on, p,
                                {dx_in.data(), dy_out.data(), dstats.data(), nullptr, bad.data()},
                                dws.data(), db));
-    MOE_REQUIRE_OK(dev.backward(moe::cuda_on(nullptr), p, {dx_in.data(), ddy.data(), ddx.data()},
-                                dws.data(), db));
-    MOE_REQUIRE_CUDA(cudaDeviceSynchronize());
+    MOE_REQUIRE_OK(dev.backward(on, p, {dx_in.data(), ddy.data(), ddx.data()}, dws.data(), db));
+    MOE_REQUIRE_CUDA(cudaStreamSynchronize(stream));
     std::vector<G> grads(static_cast<std::size_t>(n));
     MOE_REQUIRE_CUDA(cudaMemcpy(grads.data(), dev.flat_grads(), grads.size() * sizeof(G),
                                 cudaMemcpyDeviceToHost));
@@ -92,6 +96,7 @@ void compare_layers(moe::layer_shape shape, std::int64_t T, double tol) {
     CHECK(std::memcmp(y2.data(), first_y.data(), y2.size() * sizeof(A)) == 0);
     CHECK(std::memcmp(dx2.data(), first_dx.data(), dx2.size() * sizeof(A)) == 0);
   }
+  cudaStreamDestroy(stream);
   CHECK(bad.download()[0] == -1);
   // Routing integers, bitwise.
   auto const hr = host.routing(p, hptr);
@@ -133,4 +138,22 @@ TEST_CASE("cuda layer: fp32 vs the host layer (capacity, shared experts, residua
 
 TEST_CASE("cuda layer: bf16 vs the host layer") {
   compare_layers<moe::configs::top2_bf16>({.hidden = 64, .ffn = 128, .shared_ffn = 64}, 517, 2e-2);
+}
+
+// fp64: the logits are narrowed to fp32 for the router and its gradient widened back (both
+// backends); every other sum is in double, ~100 terms in a different order: 1e-10 · max|ref|
+// leaves four orders of magnitude above the ~1e-14 that order changes give.
+TEST_CASE("cuda layer: fp64 vs the host layer, with a residual") {
+  compare_layers<moe::configs::top2_fp64>({.hidden = 32, .ffn = 48, .residual_ffn = 16}, 130,
+                                          1e-10);
+  compare_layers<moe::configs::top2_fp64>({.hidden = 32, .ffn = 48}, 1, 1e-10);
+}
+
+// Gated (SwiGLU), dropless, sigmoid scores, 64 experts of top-8: the bf16 bound.
+TEST_CASE("cuda layer: fine-grained dropless SwiGLU bf16 vs the host layer") {
+  compare_layers<moe::configs::fine_bf16>({.hidden = 64, .ffn = 32}, 200, 2e-2);
+}
+
+TEST_CASE("cuda layer: no tokens") {
+  compare_layers<moe::configs::top2_fp32>({.hidden = 32, .ffn = 64}, 0, 1e-4);
 }

@@ -48,7 +48,9 @@ struct layer_memory<cuda_policy> {
       (void)cudaGetLastError();
       return nullptr;
     }
-    if (cudaMemset(p, 0, bytes) != cudaSuccess) {
+    // cudaMemset runs on the legacy stream: wait for it, so that a step on a non-blocking
+    // stream never sees the memory before it is zero.
+    if (cudaMemset(p, 0, bytes) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess) {
       cudaFree(p);
       return nullptr;
     }
@@ -60,7 +62,10 @@ struct layer_memory<cuda_policy> {
     return {};
   }
   static status upload(void* dst, void const* src, std::size_t bytes) noexcept {
+    // From pageable memory cudaMemcpy may return before the DMA lands: wait for it, so that a
+    // step on a non-blocking stream reads the values (init runs outside the steps).
     MOE_CUDA_TRY(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+    MOE_CUDA_TRY(cudaDeviceSynchronize());
     return {};
   }
   static constexpr std::size_t base_alignment = 256;
