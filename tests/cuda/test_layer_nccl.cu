@@ -45,10 +45,12 @@ void upload_at(char* base, std::size_t offset, std::vector<T> const& v) {
 }
 
 moe::comm::nccl one_rank() {
+  // [snippet nccl_layer]
   ncclUniqueId id{};
-  MOE_REQUIRE_OK(moe::comm::nccl::unique_id(id));
-  moe::comm::nccl comm;
-  MOE_REQUIRE_OK(comm.init(id, 1, 0));
+  MOE_REQUIRE_OK(moe::comm::nccl::unique_id(id));  // on rank 0; MPI_Bcast it to the others
+  moe::comm::nccl comm;                            // (after cudaSetDevice(this rank's GPU))
+  MOE_REQUIRE_OK(comm.init(id, 1, 0));             // the group's size R, this rank (here 1, 0)
+  // [end snippet]
   return comm;
 }
 
@@ -110,7 +112,9 @@ void compare(moe::layer_shape shape, std::int64_t T, bool skewed, double tol) {
   cudaStream_t stream = nullptr;
   MOE_REQUIRE_CUDA(cudaStreamCreate(&stream));
   moe::layer<C, moe::cuda_policy> local(shape);
-  moe::layer<C, moe::cuda_policy, moe::comm::nccl> ep(shape, one_rank());
+  // [snippet nccl_layer]
+  moe::layer<C, moe::cuda_policy, moe::comm::nccl> ep(shape, one_rank());  // shape.ep_size = R
+  // [end snippet]
   MOE_REQUIRE_OK(local.allocate());
   MOE_REQUIRE_OK(ep.allocate());
   MOE_REQUIRE_OK(local.init({.seed = seed, .std = 0.2f}));
