@@ -137,6 +137,15 @@ class mpi {
                  "MPI_Allreduce(max)");
   }
 
+  /// A status for an MPI return code (MPI's error string; `what` names the call).
+  [[nodiscard]] static status check(int code, char const* what) noexcept {
+    if (code == MPI_SUCCESS) return {};
+    char text[MPI_MAX_ERROR_STRING] = {};
+    int len = 0;
+    MPI_Error_string(code, text, &len);
+    return status::native_error(errc::mpi_error, code, "%s failed: %s", what, text);
+  }
+
  private:
   template <class T>
   static MPI_Datatype type_of() noexcept {
@@ -148,13 +157,6 @@ class mpi {
       return MPI_INT64_T;
   }
 
-  static status check(int code, char const* what) noexcept {
-    if (code == MPI_SUCCESS) return {};
-    char text[MPI_MAX_ERROR_STRING] = {};
-    int len = 0;
-    MPI_Error_string(code, text, &len);
-    return status::native_error(errc::mpi_error, code, "%s failed: %s", what, text);
-  }
 
   static status make_row(std::size_t row_bytes, MPI_Datatype& row) noexcept {
     if (row_bytes == 0 || row_bytes > 2147483647u)
