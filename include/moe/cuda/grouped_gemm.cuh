@@ -61,10 +61,13 @@ inline status query_device(cuda_device_info& info) noexcept {
 }
 
 /// Tile ids are 32-bit in the scheduler's smem prefix.
+/// The kernel walks tile ids t, t + grid, ... in int32 with a grid of at most a few thousand
+/// CTAs: a bound 2^20 below 2^31 keeps t + grid from overflowing.
 inline status check_tile_count(char const* who, std::int64_t tiles) noexcept {
-  if (tiles >= (std::int64_t{1} << 31))
+  if (tiles >= (std::int64_t{1} << 31) - (std::int64_t{1} << 20))
     return status::error(errc::invalid_argument,
-                         "%s: expected fewer than 2^31 tiles (upper bound from rows), got %lld",
+                         "%s: expected fewer than 2^31 - 2^20 tiles (upper bound from rows), got "
+                         "%lld",
                          who, static_cast<long long>(tiles));
   return {};
 }
@@ -148,6 +151,8 @@ status grouped_gemm(cuda_policy policy, grouped_gemm_args<C> const& a) noexcept 
   MOE_TRY(detail::grouped::check_cuda_extent<C>(who, "k", a.k));
   MOE_TRY(detail::grouped::check_cuda_operand<C>(who, "x", a.x));
   MOE_TRY(detail::grouped::check_cuda_operand<C>(who, "w", a.w));
+  // The kernel names `offsets` as the (never read) source of its zero-filled cp.async loads.
+  MOE_TRY(detail::grouped::check_cuda_operand<C>(who, "offsets", a.offsets));
   if (a.rows == 0) return {};
   using T = act_t<C>;
   using mainloop = backend::cuda::gemm_mainloop_for<T, accum_t<C>>;
@@ -177,6 +182,8 @@ status grouped_gemm_dgrad(cuda_policy policy, grouped_gemm_dgrad_args<C> const& 
   MOE_TRY(detail::grouped::check_cuda_extent<C>(who, "k", a.k));
   MOE_TRY(detail::grouped::check_cuda_operand<C>(who, "dy", a.dy));
   MOE_TRY(detail::grouped::check_cuda_operand<C>(who, "w", a.w));
+  // The kernel names `offsets` as the (never read) source of its zero-filled cp.async loads.
+  MOE_TRY(detail::grouped::check_cuda_operand<C>(who, "offsets", a.offsets));
   if (a.rows == 0) return {};
   using T = act_t<C>;
   using mainloop = backend::cuda::gemm_mainloop_for<T, accum_t<C>>;
@@ -205,6 +212,8 @@ status grouped_gemm_wgrad(cuda_policy policy, grouped_gemm_wgrad_args<C> const& 
   MOE_TRY(detail::grouped::check_cuda_extent<C>(who, "k", a.k));
   MOE_TRY(detail::grouped::check_cuda_operand<C>(who, "x", a.x));
   MOE_TRY(detail::grouped::check_cuda_operand<C>(who, "dy", a.dy));
+  // The kernel names `offsets` as the (never read) source of its zero-filled cp.async loads.
+  MOE_TRY(detail::grouped::check_cuda_operand<C>(who, "offsets", a.offsets));
   using T = act_t<C>;
   using A = accum_t<C>;
   using P = backend::cuda::gemm_wgrad<T, backend::cuda::gemm_mainloop_for<T, A>>;

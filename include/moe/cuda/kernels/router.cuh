@@ -95,6 +95,11 @@ inline constexpr unsigned route_flags_of =
     (C.norm == normalization::renormalize ? route_renorm : 0u);
 
 // Argmax over the lane's allowed experts then over the warp: the lowest index of the maximum.
+// A NaN key counts as -inf: (value descending, index ascending) is then a strict total order,
+// so every lane agrees on the winner and exactly one allowed expert is taken per call (with a
+// NaN kept as NaN, lanes holding one would never trade it and several could "win" at once,
+// returning -1 once the warp ran out — a non-finite logit, bias or noise must still give
+// valid indices).
 template <int NJ, class Key>
 __device__ __forceinline__ std::int32_t route_warp_take(std::uint32_t& allowed, int lane,
                                                         int experts, Key const& key) {
@@ -104,7 +109,8 @@ __device__ __forceinline__ std::int32_t route_warp_take(std::uint32_t& allowed, 
   for (int j = 0; j < NJ; ++j) {
     int const e = lane + 32 * j;
     if (e < experts && ((allowed >> j) & 1u) != 0u) {
-      float const v = key(e);
+      float v = key(e);
+      if (v != v) v = -__int_as_float(0x7f800000);
       if (best < 0 || v > best_v) {
         best = e;
         best_v = v;
