@@ -172,9 +172,10 @@ moe::grouped_gemm_args<C> fwd_args(gemm_case<C> const& c, i64 n, activation act,
 }
 
 template <moe::config C>
-void test_forward(std::mt19937_64& gen, std::uint64_t seed, i64 n, i64 k, i64 big) {
+void test_forward(std::mt19937_64& gen, std::uint64_t seed, i64 n, i64 k, i64 big,
+                  i64 experts = 5) {
   using X = moe::act_t<C>;
-  gemm_case<C> c(gen, 5, n, k, big);
+  gemm_case<C> c(gen, experts, n, k, big);
   dev<i64> d_off(c.off);
   dev<X> d_x(c.x), d_w(c.w), d_b(c.b);
   for (activation act : all_activations)
@@ -278,10 +279,11 @@ void test_dgrad(std::mt19937_64& gen, std::uint64_t seed, i64 n, i64 k, i64 big)
 }
 
 template <moe::config C>
-void test_wgrad(std::mt19937_64& gen, std::uint64_t seed, i64 n, i64 k, i64 big) {
+void test_wgrad(std::mt19937_64& gen, std::uint64_t seed, i64 n, i64 k, i64 big,
+                i64 experts = 5) {
   using X = moe::act_t<C>;
   using A = moe::accum_t<C>;
-  gemm_case<C> c(gen, 5, n, k, big);
+  gemm_case<C> c(gen, experts, n, k, big);
   dev<i64> d_off(c.off);
   dev<X> d_x(c.x), d_dy(c.dy);
   i64 const nw = 2 * c.N;  // wgrad of a gated layer's width
@@ -463,6 +465,17 @@ TEST_CASE("grouped GEMM (CUDA): wgrad and d_bias, overwriting and accumulating")
   test_wgrad<top2_fp16>(gen, seed, 72, 40, 150);
   test_wgrad<moe::configs::top2_fp32>(gen, seed, 61, 75, 150);
   test_wgrad<moe::configs::top2_fp64>(gen, seed, 37, 29, 100);
+}
+
+// 64 experts (the tile scheduler's warp scan carries across warps past 32) and N = 2048, so
+// that there are several times more tiles than CTAs of the persistent grid: each CTA runs
+// tiles one after another (shared memory reused after an epilogue, accumulators reset).
+TEST_CASE("grouped GEMM (CUDA): 64 experts, more tiles than CTAs") {
+  std::uint64_t const seed = fresh_seed();
+  CAPTURE(seed);
+  std::mt19937_64 gen(seed);
+  test_forward<moe::configs::top2_bf16>(gen, seed, 2048, 64, 300, 64);
+  test_wgrad<moe::configs::top2_bf16>(gen, seed, 2048, 64, 300, 64);
 }
 
 TEST_CASE("grouped GEMM (CUDA): against the cuBLAS baseline") {
