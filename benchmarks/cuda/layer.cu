@@ -29,6 +29,7 @@
 #include <cstdint>      // std::int64_t, std::uint64_t
 #include <type_traits>  // std::is_same_v
 
+#include "../layer_flops.hpp"  // moe_bench::layer_flops (shared with the host benchmark)
 #include "common.cuh"          // have_device, time_on_device
 #include "moe/configs.hpp"     // moe::configs::top2_bf16, top2_fp32 (E = 8, K = 2)
 #include "moe/cuda/layer.cuh"  // moe::layer<C, moe::cuda_policy>
@@ -62,23 +63,6 @@ moe::status normal_fill(X* out, i64 n, std::uint64_t seed, float sd) {
 template <moe::config C>
 double gemm_peak() {
   return device_peak(!std::is_same_v<moe::act_t<C>, float>);
-}
-
-/// FLOPs of one layer forward and one layer backward (see the file comment).
-struct layer_flop_count {
-  double forward = 0, backward = 0;
-};
-
-template <moe::config C>
-layer_flop_count layer_flops(moe::layer_shape const& s, moe::layer_options const& o, i64 tokens,
-                             i64 kept_rows) {
-  auto const T = static_cast<double>(tokens), M = static_cast<double>(kept_rows);
-  auto const H = static_cast<double>(s.hidden), F = static_cast<double>(s.ffn);
-  double const Fw = moe::is_gated(C.ffn_activation) ? 2.0 * F : F;
-  double const router = 2.0 * T * H * C.experts;
-  double const fc1 = 2.0 * M * H * Fw, fc2 = 2.0 * M * F * H;
-  double const recompute = o.recompute == moe::ffn_recompute::fc1 ? fc1 : 0.0;
-  return {router + fc1 + fc2, 2.0 * router + 2.0 * (fc1 + fc2) + recompute};
 }
 
 /// Step = false: forward only; true: zero_grad + forward + backward.
@@ -124,7 +108,7 @@ void BM_layer_cuda(benchmark::State& state) {
   if (cudaMemcpy(&host_stats, stats.p, sizeof host_stats, cudaMemcpyDeviceToHost) != cudaSuccess)
     return state.SkipWithError("reading layer_stats back failed");
   i64 const kept = host_stats.route.routes - host_stats.route.dropped;
-  layer_flop_count const f = layer_flops<C>(layer.shape(), layer.options(), T, kept);
+  moe_bench::layer_flop_count const f = moe_bench::layer_flops<C>(layer.shape(), layer.options(), T, kept);
   double const total =
       (Step ? f.forward + f.backward : f.forward) * static_cast<double>(state.iterations());
   state.counters["flop_per_second"] = benchmark::Counter(total, benchmark::Counter::kIsRate);

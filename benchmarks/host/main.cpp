@@ -560,28 +560,13 @@ BENCHMARK(BM_route<route_config<8, 2>>)->Arg(1024);  // the smoke test's /1024$ 
 #include <cstdlib>  // std::aligned_alloc, std::free
 #include <memory>   // std::unique_ptr (the workspace)
 
+#include "../layer_flops.hpp"  // moe_bench::layer_flops (shared with the CUDA benchmark)
+
 namespace {
 
 struct free_deleter {
   void operator()(void* q) const noexcept { std::free(q); }
 };
-
-/// FLOPs of one layer forward and one layer backward (see the section comment).
-struct layer_flop_count {
-  double forward = 0, backward = 0;
-};
-
-template <moe::config C>
-layer_flop_count layer_flops(moe::layer_shape const& s, moe::layer_options const& o,
-                             std::int64_t tokens, std::int64_t kept_rows) {
-  auto const T = static_cast<double>(tokens), M = static_cast<double>(kept_rows);
-  auto const H = static_cast<double>(s.hidden), F = static_cast<double>(s.ffn);
-  double const Fw = moe::is_gated(C.ffn_activation) ? 2.0 * F : F;
-  double const router = 2.0 * T * H * C.experts;
-  double const fc1 = 2.0 * M * H * Fw, fc2 = 2.0 * M * F * H;
-  double const recompute = o.recompute == moe::ffn_recompute::fc1 ? fc1 : 0.0;
-  return {router + fc1 + fc2, 2.0 * router + 2.0 * (fc1 + fc2) + recompute};
-}
 
 /// Step = false: forward only; true: zero_grad + forward + backward.
 template <moe::config C, bool Step>
@@ -623,7 +608,7 @@ void BM_layer(benchmark::State& state) {
   if (!s.ok()) return;
   // Same x every call, so every call routes alike: the last call's statistics hold for all.
   std::int64_t const kept = stats.route.routes - stats.route.dropped;
-  layer_flop_count const f = layer_flops<C>(layer.shape(), layer.options(), T, kept);
+  moe_bench::layer_flop_count const f = moe_bench::layer_flops<C>(layer.shape(), layer.options(), T, kept);
   auto const calls = static_cast<double>(state.iterations());
   state.counters["flop_per_second"] = benchmark::Counter(
       (Step ? f.forward + f.backward : f.forward) * calls, benchmark::Counter::kIsRate);
