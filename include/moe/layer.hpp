@@ -391,14 +391,16 @@ inline std::int64_t problem_fingerprint(problem const& p, router_options const& 
 /// Checks every rank's (T, expected group T, problem fingerprint) — tok [R][3], the same array
 /// on every rank — the same way on every rank (so that a problem that disagrees between ranks
 /// gives the same error everywhere instead of a hang or a silently different routing later);
-/// tokens_before = the tokens of the ranks before `rank`.
+/// tokens_before = the tokens of the ranks before `rank`, rows_of [R] = every rank's T (the
+/// row counts of the gathers).
 inline status check_group_tokens(std::int64_t const* tok, std::int32_t R, std::int32_t rank,
-                                 std::int64_t& tokens_before) noexcept {
+                                 std::int64_t& tokens_before, std::int64_t* rows_of) noexcept {
   std::int64_t sum = 0;
   tokens_before = 0;
   for (std::int32_t r = 0; r < R; ++r) {
     if (r < rank) tokens_before += tok[3 * r];
     sum += tok[3 * r];
+    rows_of[r] = tok[3 * r];
   }
   for (std::int32_t r = 0; r < R; ++r) {
     if (tok[3 * r + 1] != sum)

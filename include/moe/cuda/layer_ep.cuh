@@ -141,9 +141,8 @@ status layer_forward_ep(cuda_policy policy, layer_state<C> const& self, comm::nc
                             hs + HL.ones, 3 * sizeof(std::int64_t)));
   MOE_TRY(ep_download(stream, hs + HL.tok, at<std::int64_t>(ws, L.tok), 3 * R));
   std::int64_t tb = 0;
-  MOE_TRY(check_group_tokens(hs + HL.tok, R, comm.rank(), tb));
+  MOE_TRY(check_group_tokens(hs + HL.tok, R, comm.rank(), tb, hs + HL.rows_of));
   if (group_problem(p).tokens == 0) return layer_glue<cuda_policy>::empty(policy, a);
-  for (std::int32_t r = 0; r < R; ++r) hs[HL.rows_of + r] = hs[HL.tok + 3 * r];
   ep_counts n{hs + HL.send_rows, hs + HL.recv_rows, hs + HL.rows_of, 0, 0, tb};
   auto const ops = layer_glue<cuda_policy>::ops(policy, ws, L);
 
@@ -221,16 +220,13 @@ status layer_backward_ep(cuda_policy policy, layer_state<C> const& self, comm::n
   MOE_TRY(ep_download(policy.stream, rec, at<std::int64_t>(ws, L.ep_record), ep_record_size(R)));
   std::int64_t* const rows_of = rec + ep_record_size(R);  // past the record: free host scratch
   std::int64_t tb = 0;
-  for (std::int32_t r = 0; r < R; ++r) {
-    rows_of[r] = rec[3 * r];
-    if (r < comm.rank()) tb += rec[3 * r];
-  }
+  bool const tokens_ok = check_group_tokens(rec, R, comm.rank(), tb, rows_of).ok();
   ep_counts const n{rec + 3 * R, rec + 4 * R, rows_of, rec[5 * R], rec[5 * R + 1], tb};
-  // The record must be this problem's forward: this rank's T, the group's T, counts that are
-  // not negative and add up to M and M_r within the workspace's bounds (garbage would reach
-  // ncclSend/ncclRecv as sizes).
+  // The record must be this problem's forward: its tokens as forward checked them, this rank's
+  // T, the group's T, counts that are not negative and add up to M and M_r within the
+  // workspace's bounds (garbage would reach ncclSend/ncclRecv as sizes).
   std::int64_t group = 0, sent = 0, received = 0;
-  bool sane = rec[3 * comm.rank()] == T && n.M >= 0 && n.M <= L.rows && n.Mr >= 0 &&
+  bool sane = tokens_ok && rec[3 * comm.rank()] == T && n.M >= 0 && n.M <= L.rows && n.Mr >= 0 &&
               n.Mr <= L.rows_recv;
   for (std::int32_t r = 0; r < R; ++r) {
     sane = sane && rows_of[r] >= 0 && n.send_rows[r] >= 0 && n.recv_rows[r] >= 0;

@@ -190,15 +190,13 @@ struct layer_glue<host_policy> {
 
 namespace moe::detail::layer_impl {
 
-/// Every rank's T, expected group T and problem fingerprint, gathered (host buffers) and
-/// checked by check_group_tokens.
+/// Every rank's T, expected group T and problem fingerprint, gathered (host buffers) into tok.
 template <class Comm>
 status exchange_tokens(Comm const& comm, problem const& p, router_options const& o,
-                       workspace_layout const& L, void* ws, std::int64_t& tokens_before) noexcept {
+                       workspace_layout const& L, void* ws) noexcept {
   auto* const tok = at<std::int64_t>(ws, L.tok);  // [R][3]: T_r, expected group T, fingerprint
   std::int64_t const mine[3] = {p.tokens, L.group_tokens, problem_fingerprint(p, o)};
-  MOE_TRY(comm.all_gather(mine, 3, tok));
-  return check_group_tokens(tok, comm.size(), comm.rank(), tokens_before);
+  return comm.all_gather(mine, 3, tok);
 }
 
 /// This rank's routes out of the group's routing; within an expert, local slots follow the
@@ -262,20 +260,16 @@ status exchange_counts(Comm const& comm, workspace_layout const& L, void* ws,
                  });
 }
 
-/// The host counts of an exchange (send_rows [3R]: rows sent, ones, every rank's T — filled
-/// here from tok), with this rank's plan rows M and its experts' rows M_r.
+/// The host counts of an exchange (send_rows [3R]: rows sent, ones, every rank's T), with
+/// this rank's plan rows M and its experts' rows M_r, after checking the gathered tokens
+/// (check_group_tokens, which fills every rank's T).
 template <class Comm>
-ep_counts host_counts(Comm const& comm, void* ws, workspace_layout const& L, std::int64_t M,
-                      std::int64_t Mr) noexcept {
-  std::int32_t const R = comm.size();
-  auto const* const tok = at<std::int64_t>(ws, L.tok);
-  auto* const rows_of = at<std::int64_t>(ws, L.send_rows) + 2 * R;
-  std::int64_t tb = 0;
-  for (std::int32_t r = 0; r < R; ++r) {
-    rows_of[r] = tok[3 * r];
-    if (r < comm.rank()) tb += tok[3 * r];
-  }
-  return {at<std::int64_t>(ws, L.send_rows), at<std::int64_t>(ws, L.recv_rows), rows_of, M, Mr, tb};
+status host_counts(Comm const& comm, void* ws, workspace_layout const& L, std::int64_t M,
+                   std::int64_t Mr, ep_counts& n) noexcept {
+  auto* const rows_of = at<std::int64_t>(ws, L.send_rows) + 2 * comm.size();
+  n = {at<std::int64_t>(ws, L.send_rows), at<std::int64_t>(ws, L.recv_rows), rows_of, M, Mr, 0};
+  return check_group_tokens(at<std::int64_t>(ws, L.tok), comm.size(), comm.rank(),
+                            n.tokens_before, rows_of);
 }
 
 /// Forward of an expert-parallel layer on the CPU.
@@ -289,14 +283,14 @@ status layer_forward_ep(host_policy policy, layer_state<C> const& self, Comm con
                          "layer_forward_args.x/y: expected non-null [T, H] for T = %lld",
                          static_cast<long long>(T));
   phase_timer clock{self.options.profile};
-  std::int64_t tb = 0;  // tokens of the ranks before this one
-  MOE_TRY(exchange_tokens(comm, p, self.options.router, L, ws, tb));
+  MOE_TRY(exchange_tokens(comm, p, self.options.router, L, ws));
+  ep_counts n{};
+  MOE_TRY(host_counts(comm, ws, L, 0, 0, n));
   if (group_problem(p).tokens == 0) return layer_glue<host_policy>::empty(policy, a);
   host_policy const ops = layer_glue<host_policy>::ops(policy, ws, L);  // the router's scratch
-  ep_counts n = host_counts(comm, ws, L, 0, 0);
   MOE_TRY(ep_route_group(policy, ops, self, comm, p, a, ws, L, n));
   clock.mark(&layer_profile::route);
-  local_slots<C>(T, tb, ws, L);
+  local_slots<C>(T, n.tokens_before, ws, L);
   MOE_TRY(ep_plan_permute(ops, self, p, a.x, ws, L));
   clock.mark(&layer_profile::plan);
   MOE_TRY(exchange_counts<C>(comm, L, ws, n.Mr));
@@ -318,8 +312,10 @@ status layer_backward_ep(host_policy policy, layer_state<C> const& self, Comm co
   phase_timer clock{self.options.profile};
   std::int64_t const M = at<std::int64_t>(ws, L.offsets)[C.experts];
   std::int64_t const Mr = at<std::int64_t>(ws, L.e_offsets)[C.experts / comm.size()];
+  ep_counts n{};
+  MOE_TRY(host_counts(comm, ws, L, M, Mr, n));
   return ep_backward_steps(policy, layer_glue<host_policy>::ops(policy, ws, L), self, comm, p, a,
-                           ws, L, host_counts(comm, ws, L, M, Mr), clock);
+                           ws, L, n, clock);
 }
 
 }  // namespace moe::detail::layer_impl
