@@ -427,9 +427,15 @@ TEST_CASE("layer: T = 0 is a no-op; bad input gets a status naming the argument"
   CHECK(s.code() == moe::errc::invalid_argument);
   CHECK(std::strstr(s.message(), "no parameters") != nullptr);
   REQUIRE(l.allocate().ok());
+  std::memset(ws.get(), 0xa5, ws.bytes);  // what an earlier step may have left
   s = l.forward(moe::host, p, {nullptr, nullptr, &st, nullptr}, ws.get(), ws.bytes);
   CHECK_MESSAGE(s.ok(), s.message());
   CHECK(st.route.dropped == 0);
+  moe::layer_routing const r0 = l.routing(p, ws.get());  // zero counts, not stale ones
+  for (int e = 0; e < C.experts; ++e) {
+    CHECK(r0.counts[e] == 0);
+    CHECK(r0.kept[e] == 0);
+  }
   CHECK(l.backward(moe::host, p, {}, ws.get(), ws.bytes).ok());
 
   p = l.make_problem(5);

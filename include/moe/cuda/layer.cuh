@@ -145,9 +145,14 @@ struct layer_glue<cuda_policy> {
     return {};
   }
 
-  /// T = 0: zero statistics and counts, no bad logit (all device memory).
+  /// T = 0: zero statistics and counts (the caller's and the workspace's that routing()
+  /// reports: `counts`, `kept`, E each), no bad logit (all device memory).
   template <config C>
-  static status empty(cuda_policy policy, layer_forward_args<C> const& a) noexcept {
+  static status empty(cuda_policy policy, layer_forward_args<C> const& a, std::int32_t* counts,
+                      std::int32_t* kept) noexcept {
+    std::size_t const count_bytes = static_cast<std::size_t>(C.experts) * sizeof(std::int32_t);
+    MOE_CUDA_TRY(cudaMemsetAsync(counts, 0, count_bytes, policy.stream));
+    MOE_CUDA_TRY(cudaMemsetAsync(kept, 0, count_bytes, policy.stream));
     if (a.stats != nullptr)
       MOE_CUDA_TRY(cudaMemsetAsync(a.stats, 0, sizeof(layer_stats), policy.stream));
     if (a.counts != nullptr)

@@ -142,7 +142,9 @@ status layer_forward_ep(cuda_policy policy, layer_state<C> const& self, comm::nc
   MOE_TRY(ep_download(stream, hs + HL.tok, at<std::int64_t>(ws, L.tok), 3 * R));
   std::int64_t tb = 0;
   MOE_TRY(check_group_tokens(hs + HL.tok, R, comm.rank(), tb, hs + HL.rows_of));
-  if (group_problem(p).tokens == 0) return layer_glue<cuda_policy>::empty(policy, a);
+  if (group_problem(p).tokens == 0)
+    return layer_glue<cuda_policy>::empty(policy, a, at<std::int32_t>(ws, L.g_counts),
+                                          at<std::int32_t>(ws, L.g_kept));
   ep_counts n{hs + HL.send_rows, hs + HL.recv_rows, hs + HL.rows_of, 0, 0, tb};
   auto const ops = layer_glue<cuda_policy>::ops(policy, ws, L);
 

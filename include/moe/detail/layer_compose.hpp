@@ -191,7 +191,9 @@ status layer_forward(Policy policy, layer_state<C> const& self, problem const& p
     return status::error(errc::invalid_argument,
                          "layer_forward_args.x/y: expected non-null [T, H] for T = %lld",
                          static_cast<long long>(T));
-  if (T == 0) return layer_glue<Policy>::empty(policy, a);
+  if (T == 0)
+    return layer_glue<Policy>::empty(policy, a, at<std::int32_t>(ws, L.counts),
+                                     at<std::int32_t>(ws, L.kept));
   auto const ops = layer_glue<Policy>::ops(policy, ws, L);
   auto* const expert = at<std::int32_t>(ws, L.expert);
   auto* const slot = at<std::int32_t>(ws, L.slot);

@@ -51,9 +51,13 @@ struct layer_glue<host_policy> {
     return {};
   }
 
-  /// T = 0: zero statistics and counts, no bad logit.
+  /// T = 0: zero statistics and counts (the caller's and the workspace's that routing()
+  /// reports: `counts`, `kept`, E each), no bad logit.
   template <config C>
-  static status empty(host_policy, layer_forward_args<C> const& a) noexcept {
+  static status empty(host_policy, layer_forward_args<C> const& a, std::int32_t* counts,
+                      std::int32_t* kept) noexcept {
+    for (std::int32_t* c : {counts, kept})
+      std::memset(c, 0, static_cast<std::size_t>(C.experts) * sizeof(std::int32_t));
     if (a.stats != nullptr) *a.stats = layer_stats{};
     if (a.counts != nullptr)
       std::memset(a.counts, 0, static_cast<std::size_t>(C.experts) * sizeof(std::int32_t));
@@ -286,7 +290,9 @@ status layer_forward_ep(host_policy policy, layer_state<C> const& self, Comm con
   MOE_TRY(exchange_tokens(comm, p, self.options.router, L, ws));
   ep_counts n{};
   MOE_TRY(host_counts(comm, ws, L, 0, 0, n));
-  if (group_problem(p).tokens == 0) return layer_glue<host_policy>::empty(policy, a);
+  if (group_problem(p).tokens == 0)
+    return layer_glue<host_policy>::empty(policy, a, at<std::int32_t>(ws, L.g_counts),
+                                          at<std::int32_t>(ws, L.g_kept));
   host_policy const ops = layer_glue<host_policy>::ops(policy, ws, L);  // the router's scratch
   MOE_TRY(ep_route_group(policy, ops, self, comm, p, a, ws, L, n));
   clock.mark(&layer_profile::route);
