@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "moe/cuda/runtime.cuh"
@@ -19,7 +20,7 @@
 #define MOE_REQUIRE_OK(expr)                          \
   do {                                                \
     ::moe::status const moe_s_ = (expr);              \
-    REQUIRE_MESSAGE(moe_s_.ok(), moe_s_.message());   \
+    REQUIRE_MESSAGE(moe_s_.ok(), std::string(moe_s_.message())); \
   } while (false)
 
 #ifndef MOE_TEST_FLOAT_STRIDE
