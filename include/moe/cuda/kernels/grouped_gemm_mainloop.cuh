@@ -52,6 +52,8 @@ __device__ __forceinline__ void cp_async16(void* smem, void const* gmem, bool va
   auto const s = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
   int const bytes = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+#elif defined(MOE_CUDA_EMULATION)  // tests/emu: run on the CPU
+  moe_emu::cp_async16(smem, gmem, valid);
 #else
   (void)smem, (void)gmem, (void)valid;
 #endif
@@ -59,6 +61,8 @@ __device__ __forceinline__ void cp_async16(void* smem, void const* gmem, bool va
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::);
+#elif defined(MOE_CUDA_EMULATION)
+  moe_emu::cp_async_commit();
 #endif
 }
 /// Waits until at most N of this thread's committed groups are still in flight.
@@ -66,6 +70,8 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#elif defined(MOE_CUDA_EMULATION)
+  moe_emu::cp_async_wait(N);
 #endif
 }
 
@@ -83,6 +89,8 @@ __device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], void const* s
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(s));
+#elif defined(MOE_CUDA_EMULATION)
+  moe_emu::ldmatrix_x4<Trans>(r, smem);
 #else
   (void)smem;
   r[0] = r[1] = r[2] = r[3] = 0;
@@ -106,6 +114,8 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], std::uint32_t const (&a
         "{%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(MOE_CUDA_EMULATION)
+  moe_emu::mma_16816<std::is_same_v<T, bf16>>(d, a, b);
 #else
   (void)d, (void)a, (void)b;
 #endif

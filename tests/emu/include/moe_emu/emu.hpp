@@ -1,0 +1,713 @@
+// SPDX-License-Identifier: Apache-2.0
+// moe_emu: runs moe's CUDA kernels on the CPU, so that the CUDA backend's code (kernels and the
+// host code that launches them) can be executed and compared with the host backend on a
+// machine without a GPU. A test tool, not a product: see docs/emulation.md.
+//
+// Model. A launch runs its blocks one after another. The threads of a block are fibers
+// (cooperative, one OS thread, switched by moe_emu_switch in emu.cpp), run round-robin; a
+// thread runs until it reaches a barrier or a warp-collective operation (shuffle, ballot,
+// ldmatrix, mma), so every collective sees all its lanes' inputs at once and produces each
+// lane's result exactly as the PTX ISA defines it. Block shared memory is the `static` storage
+// the `__shared__` macro turns into (one block at a time, so one copy suffices) and, for
+// `extern __shared__`, a buffer refilled with 0xff bytes before each block (so reads of
+// dynamic shared memory nobody wrote show up as NaNs or -1). cp.async copies are deferred to
+// the cp.async.wait_group that must complete them (the latest moment the ISA allows).
+// Device memory is host memory; every stream operation runs when it is issued.
+//
+// Checks beyond the GPU's: a block whose threads wait forever (a barrier not every thread
+// reaches, a collective missing a lane) is reported as a deadlock; a collective whose lanes
+// disagree on the operation or the mask, a shuffle from an exited or non-participating lane,
+// more than 1024 threads or 227 KiB of shared memory per block, and CUB temporary storage
+// smaller than the size CUB reported for the same call are reported as errors. A report
+// prints what happened and aborts the test program.
+//
+// Not modelled: memory ordering between threads (they never run concurrently), the device's
+// floating-point intrinsics (the kernels' host branches run instead: MOE_DEVICE_PASS is 0),
+// timing, and concurrency between streams.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <type_traits>
+#include <vector>
+
+#define MOE_CUDA_EMULATION 1
+
+// ---- CUDA's keywords ---------------------------------------------------------------------------
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __shared__ static
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
+};
+struct uint3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+
+// The running thread's coordinates, rewritten at every fiber switch.
+inline uint3 threadIdx;
+inline uint3 blockIdx;
+inline dim3 blockDim;
+inline dim3 gridDim;
+constexpr int warpSize = 32;
+
+extern "C" void moe_emu_switch(void** save_sp, void* to_sp);
+
+namespace moe_emu {
+
+[[noreturn]] inline void fail(char const* what) {
+  std::fprintf(stderr, "moe_emu: %s (block %u,%u,%u thread %u,%u,%u)\n", what, blockIdx.x,
+               blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+  std::fflush(stderr);
+  std::abort();
+}
+
+// ---- fibers
+// ----------------------------------------------------------------------------------------
+
+struct warp_state;
+
+struct fiber {
+  void* sp = nullptr;
+  char* stack = nullptr;
+  uint3 idx{};
+  int linear = 0;
+  bool done = false;
+};
+
+/// One collective in progress in a warp: the lanes' inputs and outputs, 48 bytes each.
+struct warp_state {
+  using slot = std::array<unsigned char, 48>;
+  int kind = -1;  ///< the operation in progress (-1: none)
+  unsigned mask = 0;
+  int arrived = 0;
+  unsigned long long generation = 0;
+  std::array<slot, 32> in{}, out{};
+  std::array<bool, 32> exited{};
+  int size = 32;  ///< lanes in this warp (the last warp of a block may be partial)
+};
+
+struct pending_copy {
+  void* dst;
+  void const* src;  ///< null: zero-fill
+  int bytes;
+  int group;  ///< commit group of the issuing thread (-1: not yet committed)
+};
+
+struct block_state {
+  std::vector<fiber> fibers;
+  std::vector<warp_state> warps;
+  std::vector<std::vector<pending_copy>> copies;  ///< per thread
+  std::vector<int> committed;                     ///< per thread: groups committed so far
+  int live = 0;
+  int bar_arrived = 0;
+  unsigned long long bar_generation = 0;
+  unsigned long long progress = 0;
+};
+
+constexpr std::size_t stack_bytes = 256 * 1024;
+constexpr std::size_t max_dynamic_smem = 227 * 1024;
+
+inline void* scheduler_sp = nullptr;
+inline fiber* current = nullptr;
+inline block_state* block = nullptr;
+inline std::function<void()> const* body = nullptr;
+alignas(128) inline unsigned char dynamic_smem_buffer[max_dynamic_smem];
+inline std::size_t dynamic_smem_size = 0;
+
+inline void* dynamic_smem() {
+  return dynamic_smem_buffer;
+}
+
+inline int linear_thread() {
+  return static_cast<int>(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
+}
+
+/// Back to the scheduler; returns when the scheduler resumes this fiber.
+inline void yield() {
+  moe_emu_switch(&current->sp, scheduler_sp);
+}
+
+inline void barrier_complete_if_ready() {
+  block_state& b = *block;
+  if (b.bar_arrived > 0 && b.bar_arrived >= b.live) {
+    b.bar_arrived = 0;
+    ++b.bar_generation;
+    ++b.progress;
+  }
+}
+
+/// __syncthreads: threads that exited count as arrived (as the hardware does).
+inline void syncthreads() {
+  block_state& b = *block;
+  unsigned long long const gen = b.bar_generation;
+  ++b.bar_arrived;
+  ++b.progress;
+  barrier_complete_if_ready();
+  while (b.bar_generation == gen) yield();
+}
+
+[[noreturn]] inline void fiber_entry() {
+  (*body)();
+  block_state& b = *block;
+  fiber& f = *current;
+  f.done = true;
+  --b.live;
+  ++b.progress;
+  warp_state& w = b.warps[f.linear / 32];
+  w.exited[f.linear % 32] = true;
+  if (!b.copies[f.linear].empty()) fail("a thread exited with cp.async copies never waited for");
+  barrier_complete_if_ready();
+  moe_emu_switch(&f.sp, scheduler_sp);
+  std::abort();  // never resumed
+}
+
+/// A fresh stack whose first switch enters fiber_entry (see moe_emu_switch in emu.cpp: six
+/// callee-saved registers, then the return address).
+inline void prepare(fiber& f) {
+  if (f.stack == nullptr) {
+    f.stack = static_cast<char*>(std::malloc(stack_bytes));
+    if (f.stack == nullptr) fail("out of memory for fiber stacks");
+  }
+  auto top = reinterpret_cast<std::uintptr_t>(f.stack + stack_bytes) & ~std::uintptr_t{15};
+  auto* p = reinterpret_cast<std::uintptr_t*>(top);
+  *--p = 0;                                               // fiber_entry's return address
+  *--p = reinterpret_cast<std::uintptr_t>(&fiber_entry);  // where the switch returns to
+  for (int i = 0; i < 6; ++i) *--p = 0;                   // rbp rbx r12 r13 r14 r15
+  f.sp = p;
+  f.done = false;
+}
+
+/// The state every launch reuses (fiber stacks are kept between launches).
+inline block_state& launch_state() {
+  static block_state s;
+  return s;
+}
+
+inline void run_block(block_state& b, int threads) {
+  b.live = threads;
+  b.bar_arrived = 0;
+  for (int i = 0; i < threads; ++i) {
+    fiber& f = b.fibers[static_cast<std::size_t>(i)];
+    prepare(f);
+    f.linear = i;
+    f.idx = uint3{static_cast<unsigned>(i) % blockDim.x,
+                  (static_cast<unsigned>(i) / blockDim.x) % blockDim.y,
+                  static_cast<unsigned>(i) / (blockDim.x * blockDim.y)};
+    b.copies[static_cast<std::size_t>(i)].clear();
+    b.committed[static_cast<std::size_t>(i)] = 0;
+  }
+  int const warps = (threads + 31) / 32;
+  for (int w = 0; w < warps; ++w) {
+    warp_state& ws = b.warps[static_cast<std::size_t>(w)];
+    ws.kind = -1;
+    ws.arrived = 0;
+    ws.mask = 0;
+    ws.size = std::min(32, threads - 32 * w);
+    ws.exited.fill(false);
+  }
+  std::memset(dynamic_smem_buffer, 0xff, dynamic_smem_size);
+  int remaining = threads;
+  while (remaining > 0) {
+    unsigned long long const before = b.progress;
+    remaining = 0;
+    for (int i = 0; i < threads; ++i) {
+      fiber& f = b.fibers[static_cast<std::size_t>(i)];
+      if (f.done) continue;
+      current = &f;
+      threadIdx = f.idx;
+      moe_emu_switch(&scheduler_sp, f.sp);
+      if (!f.done) ++remaining;
+    }
+    if (remaining > 0 && b.progress == before) {
+      threadIdx = uint3{};
+      fail(
+          "deadlock: every live thread waits at a barrier or a warp collective that cannot "
+          "complete (a __syncthreads not every thread reaches, or a collective missing a lane)");
+    }
+  }
+  current = nullptr;
+}
+
+/// Runs `fn` as a grid of `grid` blocks of `threads` threads.
+inline int run_grid(dim3 grid, dim3 blk, std::size_t smem, std::function<void()> const& fn) {
+  long long const threads = static_cast<long long>(blk.x) * blk.y * blk.z;
+  if (threads < 1 || threads > 1024 || blk.z > 64) return 1;
+  if (grid.x < 1 || grid.y < 1 || grid.z < 1 || grid.y > 65535 || grid.z > 65535) return 1;
+  if (smem > max_dynamic_smem) return 1;
+  block_state& b = launch_state();
+  if (b.fibers.size() < static_cast<std::size_t>(threads)) {
+    b.fibers.resize(static_cast<std::size_t>(threads));
+    b.copies.resize(static_cast<std::size_t>(threads));
+    b.committed.resize(static_cast<std::size_t>(threads));
+    b.warps.resize(static_cast<std::size_t>((threads + 31) / 32));
+  }
+  std::function<void()> const* const saved_body = body;
+  block_state* const saved_block = block;
+  body = &fn;
+  block = &b;
+  blockDim = blk;
+  gridDim = grid;
+  dynamic_smem_size = smem;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = uint3{x, y, z};
+        run_block(b, static_cast<int>(threads));
+      }
+  body = saved_body;
+  block = saved_block;
+  return 0;
+}
+
+// ---- warp collectives -----------------------------------------------------------------------
+
+/// Runs one warp-collective operation: this lane's input `in`, the function `op` that computes
+/// every participating lane's output from all inputs (called once, by the last lane to arrive),
+/// and this lane's output.
+template <class Out, class In>
+Out collective(int kind, unsigned mask, In const& in,
+               void (*op)(warp_state&, unsigned participants)) {
+  static_assert(sizeof(In) <= 48 && sizeof(Out) <= 48 && std::is_trivially_copyable_v<In>);
+  block_state& b = *block;
+  int const t = linear_thread();
+  warp_state& w = b.warps[static_cast<std::size_t>(t / 32)];
+  int const lane = t % 32;
+  unsigned const valid = w.size == 32 ? 0xffffffffu : ((1u << w.size) - 1u);
+  unsigned const participants = mask & valid;
+  if ((participants & (1u << lane)) == 0) fail("a warp collective's mask leaves out the caller");
+  if (w.arrived == 0) {
+    w.kind = kind;
+    w.mask = participants;
+  } else if (w.kind != kind || w.mask != participants) {
+    fail("lanes of a warp reached different collectives (operation or mask differ)");
+  }
+  for (int l = 0; l < 32; ++l)
+    if ((participants >> l & 1u) != 0 && w.exited[static_cast<std::size_t>(l)])
+      fail("a warp collective's mask names a lane that has exited");
+  std::memcpy(w.in[static_cast<std::size_t>(lane)].data(), &in, sizeof(In));
+  unsigned long long const gen = w.generation;
+  ++b.progress;
+  if (++w.arrived == std::popcount(participants)) {
+    op(w, participants);
+    w.arrived = 0;
+    w.kind = -1;
+    ++w.generation;
+  } else {
+    while (w.generation == gen) yield();
+  }
+  Out out;
+  std::memcpy(&out, w.out[static_cast<std::size_t>(lane)].data(), sizeof(Out));
+  return out;
+}
+
+template <class T>
+T slot_as(warp_state::slot const& s) {
+  T v;
+  std::memcpy(&v, s.data(), sizeof(T));
+  return v;
+}
+template <class T>
+void set_slot(warp_state::slot& s, T const& v) {
+  std::memcpy(s.data(), &v, sizeof(T));
+}
+
+enum collective_kind { k_sync, k_shfl, k_ballot, k_any, k_all, k_ldmatrix, k_ldmatrix_t, k_mma };
+
+/// A shuffle's input: the value (up to 8 bytes), the mode and its operand, the width.
+struct shfl_in {
+  unsigned long long value;
+  int mode;  ///< 0 idx, 1 up, 2 down, 3 xor
+  int operand;
+  int width;
+};
+
+inline void shfl_op(warp_state& w, unsigned participants) {
+  for (int l = 0; l < 32; ++l) {
+    if ((participants >> l & 1u) == 0) continue;
+    auto const in = slot_as<shfl_in>(w.in[static_cast<std::size_t>(l)]);
+    int const width = in.width;
+    int const base = l & ~(width - 1);
+    int src = l;
+    switch (in.mode) {
+      case 0:
+        src = base + (in.operand & (width - 1));
+        break;
+      case 1:
+        src = (l - in.operand >= base) ? l - in.operand : l;
+        break;
+      case 2:
+        src = (l + in.operand < base + width) ? l + in.operand : l;
+        break;
+      default:
+        src = ((l ^ in.operand) < base + width) ? (l ^ in.operand) : l;
+        break;
+    }
+    if ((participants >> src & 1u) == 0) {
+      threadIdx = uint3{static_cast<unsigned>(l), 0, 0};
+      fail("a shuffle reads a lane outside the mask (undefined on the GPU)");
+    }
+    set_slot(w.out[static_cast<std::size_t>(l)],
+             slot_as<shfl_in>(w.in[static_cast<std::size_t>(src)]).value);
+  }
+}
+
+template <class T>
+T shfl(unsigned mask, T v, int mode, int operand, int width) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>);
+  if (width < 1 || width > 32 || (width & (width - 1)) != 0) fail("shuffle width not a power of 2");
+  shfl_in in{};
+  std::memcpy(&in.value, &v, sizeof(T));
+  in.mode = mode;
+  in.operand = operand;
+  in.width = width;
+  auto const out = collective<unsigned long long>(k_shfl, mask, in, &shfl_op);
+  T r;
+  std::memcpy(&r, &out, sizeof(T));
+  return r;
+}
+
+inline void vote_op(warp_state& w, unsigned participants) {
+  unsigned bits = 0;
+  for (int l = 0; l < 32; ++l)
+    if ((participants >> l & 1u) != 0 && slot_as<int>(w.in[static_cast<std::size_t>(l)]) != 0)
+      bits |= 1u << l;
+  for (int l = 0; l < 32; ++l) set_slot(w.out[static_cast<std::size_t>(l)], bits);
+}
+
+inline void all_op(warp_state& w, unsigned participants) {
+  unsigned bits = 0;
+  for (int l = 0; l < 32; ++l)
+    if ((participants >> l & 1u) != 0 && slot_as<int>(w.in[static_cast<std::size_t>(l)]) != 0)
+      bits |= 1u << l;
+  for (int l = 0; l < 32; ++l)
+    set_slot(w.out[static_cast<std::size_t>(l)], bits == participants ? 1u : 0u);
+}
+
+inline void sync_op(warp_state&, unsigned) {}
+
+// ---- tensor-core and async-copy operations (sm_80) ------------------------------------------
+
+struct ldmatrix_in {
+  unsigned char const* row;  ///< the 16 bytes this lane addresses
+};
+struct regs4 {
+  std::uint32_t r[4];
+};
+
+template <bool Trans>
+void ldmatrix_op(warp_state& w, unsigned participants) {
+  if (participants != 0xffffffffu) fail("ldmatrix needs the whole warp");
+  for (int l = 0; l < 32; ++l) {
+    regs4 out{};
+    for (int j = 0; j < 4; ++j) {
+      std::uint16_t lo, hi;
+      if (!Trans) {  // row l / 4 of matrix j, elements 2(l % 4), 2(l % 4) + 1
+        auto const* row = slot_as<ldmatrix_in>(w.in[static_cast<std::size_t>(8 * j + l / 4)]).row;
+        std::memcpy(&lo, row + 4 * (l % 4), 2);
+        std::memcpy(&hi, row + 4 * (l % 4) + 2, 2);
+      } else {  // rows 2(l % 4) and 2(l % 4) + 1 of matrix j, element l / 4
+        auto const* r0 =
+            slot_as<ldmatrix_in>(w.in[static_cast<std::size_t>(8 * j + 2 * (l % 4))]).row;
+        auto const* r1 =
+            slot_as<ldmatrix_in>(w.in[static_cast<std::size_t>(8 * j + 2 * (l % 4) + 1)]).row;
+        std::memcpy(&lo, r0 + 2 * (l / 4), 2);
+        std::memcpy(&hi, r1 + 2 * (l / 4), 2);
+      }
+      out.r[j] = static_cast<std::uint32_t>(lo) | (static_cast<std::uint32_t>(hi) << 16);
+    }
+    set_slot(w.out[static_cast<std::size_t>(l)], out);
+  }
+}
+
+template <bool Trans>
+void ldmatrix_x4(std::uint32_t (&r)[4], void const* smem) {
+  if ((reinterpret_cast<std::uintptr_t>(smem) & 15) != 0)
+    fail("ldmatrix row address not 16-byte aligned");
+  auto const out =
+      collective<regs4>(Trans ? k_ldmatrix_t : k_ldmatrix, 0xffffffffu,
+                        ldmatrix_in{static_cast<unsigned char const*>(smem)}, &ldmatrix_op<Trans>);
+  for (int j = 0; j < 4; ++j) r[j] = out.r[j];
+}
+
+/// mma.sync.m16n8k16.row.col.f32.{bf16,f16}: the lanes' fragments (PTX ISA, "Matrix Fragments
+/// for mma.m16n8k16"), g = lane / 4, t = lane % 4: A reg 0 (g, 2t..2t+1), 1 (g+8, 2t..),
+/// 2 (g, 2t+8..), 3 (g+8, 2t+8..); B reg 0 (k 2t..2t+1, n g), 1 (k 2t+8.., n g); C/D c0, c1
+/// (g, 2t..2t+1), c2, c3 (g+8, 2t..2t+1). Products are exact in float and summed in k order.
+struct mma_in {
+  std::uint32_t a[4];
+  std::uint32_t b[2];
+  float c[4];
+};
+struct float4_out {
+  float d[4];
+};
+
+template <bool Bf16>
+void mma_op(warp_state& w, unsigned participants) {
+  if (participants != 0xffffffffu) fail("mma.sync needs the whole warp");
+  float A[16][16], B[16][8], C[16][8];
+  auto const h = [](std::uint32_t reg, int half) -> float {
+    auto const bits = static_cast<std::uint16_t>(half == 0 ? reg & 0xffffu : reg >> 16);
+    if constexpr (Bf16) {
+      return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16);
+    } else {  // IEEE binary16
+      std::uint32_t const sign = (bits >> 15) & 1u, exp = (bits >> 10) & 31u, man = bits & 1023u;
+      float v;
+      if (exp == 0)
+        v = std::ldexp(static_cast<float>(man), -24);
+      else if (exp == 31)
+        v = man != 0 ? NAN : INFINITY;
+      else
+        v = std::ldexp(static_cast<float>(man | 1024u), static_cast<int>(exp) - 25);
+      return sign != 0 ? -v : v;
+    }
+  };
+  for (int l = 0; l < 32; ++l) {
+    auto const in = slot_as<mma_in>(w.in[static_cast<std::size_t>(l)]);
+    int const g = l / 4, t = l % 4;
+    for (int i = 0; i < 2; ++i) {
+      A[g][2 * t + i] = h(in.a[0], i);
+      A[g + 8][2 * t + i] = h(in.a[1], i);
+      A[g][2 * t + 8 + i] = h(in.a[2], i);
+      A[g + 8][2 * t + 8 + i] = h(in.a[3], i);
+      B[2 * t + i][g] = h(in.b[0], i);
+      B[2 * t + 8 + i][g] = h(in.b[1], i);
+      C[g][2 * t + i] = in.c[i];
+      C[g + 8][2 * t + i] = in.c[2 + i];
+    }
+  }
+  float D[16][8];
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 8; ++n) {
+      float s = C[m][n];
+      for (int k = 0; k < 16; ++k) s += A[m][k] * B[k][n];
+      D[m][n] = s;
+    }
+  for (int l = 0; l < 32; ++l) {
+    int const g = l / 4, t = l % 4;
+    float4_out out{{D[g][2 * t], D[g][2 * t + 1], D[g + 8][2 * t], D[g + 8][2 * t + 1]}};
+    set_slot(w.out[static_cast<std::size_t>(l)], out);
+  }
+}
+
+template <bool Bf16>
+void mma_16816(float (&d)[4], std::uint32_t const (&a)[4], std::uint32_t const (&b)[2]) {
+  mma_in in{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}, {d[0], d[1], d[2], d[3]}};
+  auto const out = collective<float4_out>(k_mma, 0xffffffffu, in, &mma_op<Bf16>);
+  for (int i = 0; i < 4; ++i) d[i] = out.d[i];
+}
+
+/// cp.async.cg 16 bytes (valid false: zero-fill); copied at the wait that completes it.
+inline void cp_async16(void* smem, void const* gmem, bool valid) {
+  auto const s = reinterpret_cast<std::uintptr_t>(smem);
+  if ((s & 15) != 0 || (valid && (reinterpret_cast<std::uintptr_t>(gmem) & 15) != 0))
+    fail("cp.async of 16 bytes from or to an address not 16-byte aligned");
+  auto const lo = reinterpret_cast<std::uintptr_t>(dynamic_smem_buffer);
+  if (s < lo || s + 16 > lo + dynamic_smem_size)
+    fail("cp.async writes outside dynamic shared memory");
+  int const t = linear_thread();
+  block->copies[static_cast<std::size_t>(t)].push_back(
+      pending_copy{smem, valid ? gmem : nullptr, 16, -1});
+}
+inline void cp_async_commit() {
+  int const t = linear_thread();
+  int const g = block->committed[static_cast<std::size_t>(t)]++;
+  for (pending_copy& c : block->copies[static_cast<std::size_t>(t)])
+    if (c.group < 0) c.group = g;
+}
+/// Completes every committed group but the newest `n`.
+inline void cp_async_wait(int n) {
+  int const t = linear_thread();
+  auto& list = block->copies[static_cast<std::size_t>(t)];
+  int const limit = block->committed[static_cast<std::size_t>(t)] - n;
+  std::vector<pending_copy> keep;
+  for (pending_copy const& c : list) {
+    if (c.group >= 0 && c.group < limit) {
+      if (c.src != nullptr)
+        std::memcpy(c.dst, c.src, static_cast<std::size_t>(c.bytes));
+      else
+        std::memset(c.dst, 0, static_cast<std::size_t>(c.bytes));
+    } else {
+      keep.push_back(c);
+    }
+  }
+  list.swap(keep);
+}
+
+// ---- launches ----------------------------------------------------------------------------
+
+inline int last_error = 0;
+
+/// A launch: `fn`, a callable that calls the kernel with the arguments it is given.
+template <class F>
+struct launcher {
+  F fn;
+  dim3 grid, blk;
+  std::size_t smem;
+  template <class... Args>
+  void operator()(Args&&... args) const {
+    std::function<void()> const call = [&] { fn(args...); };
+    if (run_grid(grid, blk, smem, call) != 0) last_error = 1;
+  }
+};
+
+template <class V>
+dim3 to_dim3(V v) {
+  if constexpr (std::is_same_v<V, dim3>)
+    return v;
+  else
+    return dim3(static_cast<unsigned>(v));
+}
+
+template <class F, class G, class B, class S = std::size_t, class St = void*>
+launcher<F> launch(F fn, G grid, B blk, S smem = 0, St = nullptr) {
+  return launcher<F>{fn, to_dim3(grid), to_dim3(blk), static_cast<std::size_t>(smem)};
+}
+
+}  // namespace moe_emu
+
+// ---- CUDA's device functions --------------------------------------------------------------------
+
+inline void __syncthreads() {
+  moe_emu::syncthreads();
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  (void)moe_emu::collective<int>(moe_emu::k_sync, mask, 0, &moe_emu::sync_op);
+}
+inline void __threadfence() {}
+template <class T>
+T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+  return moe_emu::shfl(mask, v, 0, src, width);
+}
+template <class T>
+T __shfl_up_sync(unsigned mask, T v, unsigned d, int width = 32) {
+  return moe_emu::shfl(mask, v, 1, static_cast<int>(d), width);
+}
+template <class T>
+T __shfl_down_sync(unsigned mask, T v, unsigned d, int width = 32) {
+  return moe_emu::shfl(mask, v, 2, static_cast<int>(d), width);
+}
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  return moe_emu::shfl(mask, v, 3, lane_mask, width);
+}
+inline unsigned __ballot_sync(unsigned mask, int p) {
+  return moe_emu::collective<unsigned>(moe_emu::k_ballot, mask, p, &moe_emu::vote_op) & mask;
+}
+inline int __any_sync(unsigned mask, int p) {
+  return (moe_emu::collective<unsigned>(moe_emu::k_any, mask, p, &moe_emu::vote_op) & mask) != 0;
+}
+inline int __all_sync(unsigned mask, int p) {
+  return moe_emu::collective<unsigned>(moe_emu::k_all, mask, p, &moe_emu::all_op);
+}
+
+template <class T>
+T __ldg(T const* p) {
+  return *p;
+}
+template <class T>
+T atomicAdd(T* p, T v) {
+  T const old = *p;
+  *p = old + v;
+  return old;
+}
+template <class T>
+T atomicMin(T* p, T v) {
+  T const old = *p;
+  if (v < old) *p = v;
+  return old;
+}
+template <class T>
+T atomicMax(T* p, T v) {
+  T const old = *p;
+  if (v > old) *p = v;
+  return old;
+}
+template <class T>
+T atomicCAS(T* p, T compare, T v) {
+  T const old = *p;
+  if (old == compare) *p = v;
+  return old;
+}
+template <class T>
+T atomicExch(T* p, T v) {
+  T const old = *p;
+  *p = v;
+  return old;
+}
+inline unsigned __float_as_uint(float v) {
+  return std::bit_cast<unsigned>(v);
+}
+inline float __uint_as_float(unsigned v) {
+  return std::bit_cast<float>(v);
+}
+inline int __float_as_int(float v) {
+  return std::bit_cast<int>(v);
+}
+inline float __int_as_float(int v) {
+  return std::bit_cast<float>(v);
+}
+inline double __longlong_as_double(long long v) {
+  return std::bit_cast<double>(v);
+}
+inline long long __double_as_longlong(double v) {
+  return std::bit_cast<long long>(v);
+}
+inline int __ffs(int v) {
+  return v == 0 ? 0 : std::countr_zero(static_cast<unsigned>(v)) + 1;
+}
+inline int __popc(unsigned v) {
+  return std::popcount(v);
+}
+inline int __clz(int v) {
+  return std::countl_zero(static_cast<unsigned>(v));
+}
+inline unsigned __umulhi(unsigned a, unsigned b) {
+  return static_cast<unsigned>((static_cast<unsigned long long>(a) * b) >> 32);
+}
+
+// Correctly rounded arithmetic (the host computes in IEEE binary32/64 without contraction:
+// moe_emu builds with -ffp-contract=off).
+inline float __fadd_rn(float a, float b) {
+  return a + b;
+}
+inline float __fsub_rn(float a, float b) {
+  return a - b;
+}
+inline float __fmul_rn(float a, float b) {
+  return a * b;
+}
+inline float __fdiv_rn(float a, float b) {
+  return a / b;
+}
+inline float __fsqrt_rn(float a) {
+  return std::sqrt(a);
+}
+inline float __fmaf_rn(float a, float b, float c) {
+  return std::fma(a, b, c);
+}
+inline double __dadd_rn(double a, double b) {
+  return a + b;
+}
+inline double __dmul_rn(double a, double b) {
+  return a * b;
+}
+inline double __fma_rn(double a, double b, double c) {
+  return std::fma(a, b, c);
+}
