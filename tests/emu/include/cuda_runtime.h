@@ -67,6 +67,9 @@ struct cudaDeviceProp {
 namespace moe_emu {
 /// The device the emulator pretends to be: sm_90, few SMs (so persistent grids loop).
 constexpr int sm_count = 4;
+/// Devices it reports (all alike): enough for one per rank of a multi-rank test.
+constexpr int device_count = 8;
+inline int current_device = 0;
 inline double now_ms() {
   using namespace std::chrono;
   return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
@@ -113,18 +116,20 @@ inline cudaError_t cudaPeekAtLastError() {
   return moe_emu::last_error == 0 ? cudaSuccess : cudaErrorInvalidConfiguration;
 }
 inline cudaError_t cudaGetDeviceCount(int* n) {
-  *n = 1;
+  *n = moe_emu::device_count;
   return cudaSuccess;
 }
 inline cudaError_t cudaGetDevice(int* d) {
-  *d = 0;
+  *d = moe_emu::current_device;
   return cudaSuccess;
 }
 inline cudaError_t cudaSetDevice(int d) {
-  return d == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  if (d < 0 || d >= moe_emu::device_count) return cudaErrorInvalidValue;
+  moe_emu::current_device = d;
+  return cudaSuccess;
 }
 inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
-  if (d != 0) return cudaErrorInvalidValue;
+  if (d < 0 || d >= moe_emu::device_count) return cudaErrorInvalidValue;
   *p = cudaDeviceProp{};
   std::strcpy(p->name, "moe_emu (CPU emulation, sm_90-like)");
   p->major = 9;
@@ -135,7 +140,7 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int d) {
-  if (d != 0) return cudaErrorInvalidValue;
+  if (d < 0 || d >= moe_emu::device_count) return cudaErrorInvalidValue;
   switch (a) {
     case cudaDevAttrMaxThreadsPerBlock:
       *v = 1024;

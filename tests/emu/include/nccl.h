@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// moe_emu's stand-in for the NCCL calls moe::comm::nccl makes, for a communicator of one rank:
-// sends to and receives from rank 0 inside ncclGroupStart/End are paired in order at
-// ncclGroupEnd (sizes must agree), an all-reduce over one rank copies. More ranks are refused
-// (ncclInvalidArgument): the multi-rank paths are tested under MPI on the host (label mpi).
+// moe_emu's stand-in for the NCCL calls moe::comm::nccl makes. One rank: sends to and receives
+// from rank 0 inside ncclGroupStart/End are paired in order at ncclGroupEnd (sizes must agree),
+// an all-reduce copies. More ranks (built with MOE_EMU_WITH_MPI, run under mpirun, one rank of
+// NCCL per MPI process of MPI_COMM_WORLD): a group's sends and receives become MPI_Isend/Irecv
+// completed at ncclGroupEnd, an all-reduce is MPI_Allreduce. Anything else is refused.
 #pragma once
 
 #include <cstddef>
@@ -10,6 +11,10 @@
 #include <vector>
 
 #include "cuda_runtime.h"
+
+#if defined(MOE_EMU_WITH_MPI)
+#include <mpi.h>
+#endif
 
 enum ncclResult_t {
   ncclSuccess = 0,
@@ -33,6 +38,7 @@ struct ncclUniqueId {
 };
 struct ncclComm {
   int ranks;
+  int rank;
 };
 using ncclComm_t = ncclComm*;
 
@@ -53,6 +59,8 @@ struct nccl_transfer {
   void const* send;
   void* recv;
   std::size_t bytes;
+  int peer;
+  int ranks;
 };
 struct nccl_group {
   int depth = 0;
@@ -81,8 +89,18 @@ inline ncclResult_t ncclGetUniqueId(ncclUniqueId* id) {
   return ncclSuccess;
 }
 inline ncclResult_t ncclCommInitRank(ncclComm_t* comm, int ranks, ncclUniqueId, int rank) {
-  if (ranks != 1 || rank != 0) return ncclInvalidArgument;
-  *comm = new ncclComm{ranks};
+  bool ok = ranks == 1 && rank == 0;
+#if defined(MOE_EMU_WITH_MPI)
+  int init = 0, world = 0, me = -1;
+  MPI_Initialized(&init);
+  if (!ok && init != 0) {
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    MPI_Comm_rank(MPI_COMM_WORLD, &me);
+    ok = world == ranks && me == rank;
+  }
+#endif
+  if (!ok) return ncclInvalidArgument;
+  *comm = new ncclComm{ranks, rank};
   return ncclSuccess;
 }
 inline ncclResult_t ncclCommDestroy(ncclComm_t comm) {
@@ -102,13 +120,35 @@ inline ncclResult_t ncclGroupEnd() {
   if (g.depth == 0) return ncclInvalidUsage;
   if (--g.depth > 0) return ncclSuccess;
   ncclResult_t r = ncclSuccess;
-  if (g.sends.size() != g.recvs.size()) r = ncclInvalidUsage;
-  for (std::size_t i = 0; r == ncclSuccess && i < g.sends.size(); ++i) {
-    if (g.sends[i].bytes != g.recvs[i].bytes) {
-      r = ncclInvalidUsage;
-      break;
+  bool const local =
+      (g.sends.empty() || g.sends[0].ranks == 1) && (g.recvs.empty() || g.recvs[0].ranks == 1);
+  if (local) {
+    if (g.sends.size() != g.recvs.size()) r = ncclInvalidUsage;
+    for (std::size_t i = 0; r == ncclSuccess && i < g.sends.size(); ++i) {
+      if (g.sends[i].bytes != g.recvs[i].bytes) {
+        r = ncclInvalidUsage;
+        break;
+      }
+      if (g.sends[i].bytes > 0) std::memmove(g.recvs[i].recv, g.sends[i].send, g.sends[i].bytes);
     }
-    if (g.sends[i].bytes > 0) std::memmove(g.recvs[i].recv, g.sends[i].send, g.sends[i].bytes);
+  } else {
+#if defined(MOE_EMU_WITH_MPI)
+    std::vector<MPI_Request> req;
+    for (auto const& t : g.recvs) {
+      req.emplace_back();
+      MPI_Irecv(t.recv, static_cast<int>(t.bytes), MPI_BYTE, t.peer, 7, MPI_COMM_WORLD,
+                &req.back());
+    }
+    for (auto const& t : g.sends) {
+      req.emplace_back();
+      MPI_Isend(t.send, static_cast<int>(t.bytes), MPI_BYTE, t.peer, 7, MPI_COMM_WORLD,
+                &req.back());
+    }
+    if (MPI_Waitall(static_cast<int>(req.size()), req.data(), MPI_STATUSES_IGNORE) != MPI_SUCCESS)
+      r = ncclSystemError;
+#else
+    r = ncclInvalidUsage;
+#endif
   }
   g.sends.clear();
   g.recvs.clear();
@@ -117,22 +157,41 @@ inline ncclResult_t ncclGroupEnd() {
 inline ncclResult_t ncclSend(void const* buf, std::size_t count, ncclDataType_t t, int peer,
                              ncclComm_t comm, cudaStream_t) {
   auto& g = moe_emu::nccl_state();
-  if (comm == nullptr || peer != 0) return ncclInvalidArgument;
-  if (g.depth == 0) return ncclInvalidUsage;  // a send to oneself outside a group never ends
-  g.sends.push_back({buf, nullptr, count * moe_emu::nccl_size(t)});
+  if (comm == nullptr || peer < 0 || peer >= comm->ranks) return ncclInvalidArgument;
+  if (g.depth == 0) return ncclInvalidUsage;  // moe groups every send and receive
+  g.sends.push_back({buf, nullptr, count * moe_emu::nccl_size(t), peer, comm->ranks});
   return ncclSuccess;
 }
 inline ncclResult_t ncclRecv(void* buf, std::size_t count, ncclDataType_t t, int peer,
                              ncclComm_t comm, cudaStream_t) {
   auto& g = moe_emu::nccl_state();
-  if (comm == nullptr || peer != 0) return ncclInvalidArgument;
+  if (comm == nullptr || peer < 0 || peer >= comm->ranks) return ncclInvalidArgument;
   if (g.depth == 0) return ncclInvalidUsage;
-  g.recvs.push_back({nullptr, buf, count * moe_emu::nccl_size(t)});
+  g.recvs.push_back({nullptr, buf, count * moe_emu::nccl_size(t), peer, comm->ranks});
   return ncclSuccess;
 }
 inline ncclResult_t ncclAllReduce(void const* send, void* recv, std::size_t count, ncclDataType_t t,
-                                  ncclRedOp_t, ncclComm_t comm, cudaStream_t) {
+                                  ncclRedOp_t op, ncclComm_t comm, cudaStream_t) {
   if (comm == nullptr) return ncclInvalidArgument;
-  if (send != recv && count > 0) std::memmove(recv, send, count * moe_emu::nccl_size(t));
-  return ncclSuccess;
+  if (comm->ranks == 1) {
+    if (send != recv && count > 0) std::memmove(recv, send, count * moe_emu::nccl_size(t));
+    return ncclSuccess;
+  }
+#if defined(MOE_EMU_WITH_MPI)
+  MPI_Datatype const type = t == ncclChar      ? MPI_CHAR
+                            : t == ncclInt32   ? MPI_INT32_T
+                            : t == ncclInt64   ? MPI_INT64_T
+                            : t == ncclFloat32 ? MPI_FLOAT
+                                               : MPI_DOUBLE;
+  MPI_Op const mop = op == ncclSum   ? MPI_SUM
+                     : op == ncclMax ? MPI_MAX
+                     : op == ncclMin ? MPI_MIN
+                                     : MPI_PROD;
+  int const rc = MPI_Allreduce(send == recv ? MPI_IN_PLACE : send, recv, static_cast<int>(count),
+                               type, mop, MPI_COMM_WORLD);
+  return rc == MPI_SUCCESS ? ncclSuccess : ncclSystemError;
+#else
+  (void)op;
+  return ncclInvalidUsage;
+#endif
 }

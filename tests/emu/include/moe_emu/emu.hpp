@@ -4,7 +4,8 @@
 // machine without a GPU. A test tool, not a product: see docs/emulation.md.
 //
 // Model. A launch runs its blocks one after another. The threads of a block are fibers
-// (cooperative, one OS thread, switched by moe_emu_switch in emu.cpp), run round-robin; a
+// (cooperative, one OS thread, switched by moe_emu_switch in emu.cpp), run round-robin in an
+// order that rotates and alternates direction from block to block (see run_block); a
 // thread runs until it reaches a barrier or a warp-collective operation (shuffle, ballot,
 // ldmatrix, mma), so every collective sees all its lanes' inputs at once and produces each
 // lane's result exactly as the PTX ISA defines it. Block shared memory is the `static` storage
@@ -199,7 +200,20 @@ inline block_state& launch_state() {
   return s;
 }
 
-inline void run_block(block_state& b, int threads) {
+/// A well-mixed 64-bit value of three (SplitMix64's finaliser over their combination).
+inline unsigned long long mix(unsigned long long a, unsigned long long b, unsigned long long c) {
+  unsigned long long z = a * 0x9e3779b97f4a7c15ULL + b * 0xbf58476d1ce4e5b9ULL + c + 1;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+/// Runs one block. The order in which a round visits the threads varies with the block (its
+/// start rotates, its direction alternates), and every other round skips about half the warps
+/// (chosen anew each round), so that a write and a read in different warps with no barrier
+/// between them run in either order somewhere in a grid: a missing __syncthreads then gives a
+/// wrong result in some block.
+inline void run_block(block_state& b, int threads, unsigned long long block_linear) {
   b.live = threads;
   b.bar_arrived = 0;
   for (int i = 0; i < threads; ++i) {
@@ -223,18 +237,31 @@ inline void run_block(block_state& b, int threads) {
   }
   std::memset(dynamic_smem_buffer, 0xff, dynamic_smem_size);
   int remaining = threads;
-  while (remaining > 0) {
+  int const start =
+      static_cast<int>((block_linear * 97ULL) % static_cast<unsigned long long>(threads));
+  bool const reverse = (block_linear & 1ULL) != 0;
+  for (unsigned long long round = 0; remaining > 0; ++round) {
+    // Every other round leaves about half the warps out, so warps drift apart as on a GPU
+    // (otherwise they would advance in lockstep, one collective a round, hiding races between
+    // a warp that is ahead and one that is behind). Deadlocks are judged on full rounds.
+    bool const full = (round & 1ULL) != 0 || threads <= 32;
     unsigned long long const before = b.progress;
     remaining = 0;
-    for (int i = 0; i < threads; ++i) {
+    for (int n = 0; n < threads; ++n) {
+      int const i = reverse ? (start + threads - n) % threads : (start + n) % threads;
       fiber& f = b.fibers[static_cast<std::size_t>(i)];
       if (f.done) continue;
+      if (!full &&
+          (mix(block_linear, round, static_cast<unsigned long long>(i / 32)) & 1ULL) != 0) {
+        ++remaining;
+        continue;
+      }
       current = &f;
       threadIdx = f.idx;
       moe_emu_switch(&scheduler_sp, f.sp);
       if (!f.done) ++remaining;
     }
-    if (remaining > 0 && b.progress == before) {
+    if (full && remaining > 0 && b.progress == before) {
       threadIdx = uint3{};
       fail(
           "deadlock: every live thread waits at a barrier or a warp collective that cannot "
@@ -268,7 +295,9 @@ inline int run_grid(dim3 grid, dim3 blk, std::size_t smem, std::function<void()>
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
         blockIdx = uint3{x, y, z};
-        run_block(b, static_cast<int>(threads));
+        run_block(b, static_cast<int>(threads),
+                  x + static_cast<unsigned long long>(grid.x) *
+                          (y + static_cast<unsigned long long>(grid.y) * z));
       }
   body = saved_body;
   block = saved_block;
