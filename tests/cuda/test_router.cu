@@ -221,6 +221,13 @@ constexpr moe::config e512_k1_prob{.experts = 512, .top_k = 1, .capacity_factor 
 constexpr moe::config e160_k6_rts{.experts = 160, .top_k = 6, .capacity_factor = {1, 1},
                                   .score = moe::score_function::sigmoid,
                                   .drop = moe::drop_policy::random_token};
+// Edge sizes: one expert; K = E (every expert for every token, capacity drops); the largest
+// E the configs allow (1024), sigmoid scores.
+constexpr moe::config one_expert{.experts = 1, .top_k = 1, .capacity_factor = {5, 4}};
+constexpr moe::config k_is_e{.experts = 4, .top_k = 4, .capacity_factor = {1, 1},
+                             .norm = moe::normalization::renormalize};
+constexpr moe::config e1024_k2{.experts = 1024, .top_k = 2, .capacity_factor = {5, 4},
+                               .score = moe::score_function::sigmoid};
 namespace presets = moe::configs;
 constexpr moe::config ds_top1 = presets::deepspeed_top1(8, {5, 4}, {2, 1}, false);
 constexpr moe::config ds_top1_rts = presets::deepspeed_top1(8, {1, 1}, {1, 1}, true, f32);
@@ -246,6 +253,9 @@ TEST_CASE("route(cuda) == route(host): native configs") {
   sweep<e512_k8>(900);
   sweep<e512_k1_prob>(1000);
   sweep<e160_k6_rts>(1100);
+  sweep<one_expert>(1200);
+  sweep<k_is_e>(1300);
+  sweep<e1024_k2>(1400);
 }
 
 TEST_CASE("route(cuda) == route(host): deepspeed configs") {
@@ -504,6 +514,9 @@ TEST_CASE("route_backward(cuda) == route_backward(host): native configs") {
   backward_sweep<e512_k8>(6000);
   backward_sweep<e512_k1_prob>(6100);
   backward_sweep<e160_k6_rts>(6200);
+  backward_sweep<one_expert>(6300);
+  backward_sweep<k_is_e>(6400);
+  backward_sweep<e1024_k2>(6500);
 }
 
 TEST_CASE("route_backward(cuda) == route_backward(host): deepspeed configs") {
