@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -144,8 +145,19 @@ inline ncclResult_t ncclGroupEnd() {
       MPI_Isend(t.send, static_cast<int>(t.bytes), MPI_BYTE, t.peer, 7, MPI_COMM_WORLD,
                 &req.back());
     }
-    if (MPI_Waitall(static_cast<int>(req.size()), req.data(), MPI_STATUSES_IGNORE) != MPI_SUCCESS)
+    std::vector<MPI_Status> st(req.size());
+    if (MPI_Waitall(static_cast<int>(req.size()), req.data(), st.data()) != MPI_SUCCESS)
       r = ncclSystemError;
+    // NCCL pairs a send with a receive of the same size; MPI accepts a shorter message.
+    for (std::size_t i = 0; r == ncclSuccess && i < g.recvs.size(); ++i) {
+      int got = 0;
+      MPI_Get_count(&st[i], MPI_BYTE, &got);
+      if (static_cast<std::size_t>(got) != g.recvs[i].bytes) {
+        std::fprintf(stderr, "moe_emu: ncclRecv of %zu bytes from rank %d got %d\n",
+                     g.recvs[i].bytes, g.recvs[i].peer, got);
+        r = ncclInvalidUsage;
+      }
+    }
 #else
     r = ncclInvalidUsage;
 #endif

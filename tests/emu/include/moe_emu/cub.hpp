@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -116,8 +117,9 @@ struct DeviceRadixSort {
                            begin_bit, end_bit);
     return cudaSuccess;
   }
-  /// The sorted pairs go to the alternate buffers and the selectors flip (CUB may do either;
-  /// this exercises the callers' use of Current()).
+  /// The sorted pairs go to the alternate buffers, the selectors flip and the old buffers are
+  /// overwritten (CUB may end in either buffer and overwrite both; this exercises the callers'
+  /// use of Current() alone).
   template <class K, class V, class N>
   static cudaError_t SortPairs(void* temp, std::size_t& bytes, DoubleBuffer<K>& keys,
                                DoubleBuffer<V>& vals, N n, int begin_bit = 0,
@@ -128,6 +130,9 @@ struct DeviceRadixSort {
     if (emu_detail::bad_bits(begin_bit, end_bit, sizeof(K))) return cudaErrorInvalidValue;
     emu_detail::sort_pairs(keys.Current(), keys.Alternate(), vals.Current(), vals.Alternate(),
                            static_cast<long long>(n), begin_bit, end_bit);
+    // CUB may leave garbage in either buffer: the input buffers' old contents are gone.
+    std::memset(keys.Current(), 0xa5, static_cast<std::size_t>(n) * sizeof(K));
+    std::memset(vals.Current(), 0xa5, static_cast<std::size_t>(n) * sizeof(V));
     keys.selector ^= 1;
     vals.selector ^= 1;
     return cudaSuccess;

@@ -373,18 +373,19 @@ inline void shfl_op(warp_state& w, unsigned participants) {
     int const width = in.width;
     int const base = l & ~(width - 1);
     int src = l;
+    int const b = in.operand & 31;  // shfl uses bits 4:0 of its lane/offset operand
     switch (in.mode) {
       case 0:
         src = base + (in.operand & (width - 1));
         break;
       case 1:
-        src = (l - in.operand >= base) ? l - in.operand : l;
+        src = (l - b >= base) ? l - b : l;
         break;
       case 2:
-        src = (l + in.operand < base + width) ? l + in.operand : l;
+        src = (l + b < base + width) ? l + b : l;
         break;
       default:
-        src = ((l ^ in.operand) < base + width) ? (l ^ in.operand) : l;
+        src = ((l ^ b) < base + width) ? (l ^ b) : l;
         break;
     }
     if ((participants >> src & 1u) == 0) {
@@ -466,8 +467,12 @@ void ldmatrix_op(warp_state& w, unsigned participants) {
 
 template <bool Trans>
 void ldmatrix_x4(std::uint32_t (&r)[4], void const* smem) {
-  if ((reinterpret_cast<std::uintptr_t>(smem) & 15) != 0)
-    fail("ldmatrix row address not 16-byte aligned");
+  auto const a = reinterpret_cast<std::uintptr_t>(smem);
+  auto const lo = reinterpret_cast<std::uintptr_t>(dynamic_smem_buffer);
+  if ((a & 15) != 0) fail("ldmatrix row address not 16-byte aligned");
+  // moe's ldmatrix reads only the launch's dynamic shared memory
+  if (a < lo || a + 16 > lo + dynamic_smem_size)
+    fail("ldmatrix reads outside dynamic shared memory");
   auto const out =
       collective<regs4>(Trans ? k_ldmatrix_t : k_ldmatrix, 0xffffffffu,
                         ldmatrix_in{static_cast<unsigned char const*>(smem)}, &ldmatrix_op<Trans>);
@@ -545,7 +550,8 @@ void mma_16816(float (&d)[4], std::uint32_t const (&a)[4], std::uint32_t const (
 /// cp.async.cg 16 bytes (valid false: zero-fill); copied at the wait that completes it.
 inline void cp_async16(void* smem, void const* gmem, bool valid) {
   auto const s = reinterpret_cast<std::uintptr_t>(smem);
-  if ((s & 15) != 0 || (valid && (reinterpret_cast<std::uintptr_t>(gmem) & 15) != 0))
+  // The ISA's alignment rule covers the source address even when src-size is 0 (zero fill).
+  if ((s & 15) != 0 || (reinterpret_cast<std::uintptr_t>(gmem) & 15) != 0)
     fail("cp.async of 16 bytes from or to an address not 16-byte aligned");
   auto const lo = reinterpret_cast<std::uintptr_t>(dynamic_smem_buffer);
   if (s < lo || s + 16 > lo + dynamic_smem_size)
