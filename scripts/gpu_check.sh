@@ -78,6 +78,7 @@ targets=(moe_cuda_tests moe_cuda_nodevice_tests moe_cuda_layer_example)
 if ! { cmake "${cfg[@]}" && cmake --build "$build" -j "$jobs" --target "${targets[@]}" &&
        { cmake --build "$build" -j "$jobs" --target moe_nccl_tests 2>/dev/null || true; } &&
        { cmake --build "$build" -j "$jobs" --target moe_nccl_mpi_tests 2>/dev/null || true; } &&
+       { cmake --build "$build" -j "$jobs" --target moe_layer_ep_nccl_tests 2>/dev/null || true; } &&
        { cmake --build "$build" -j "$jobs" --target moe_bench_cuda 2>/dev/null || true; }; } \
      > "$out/build.log" 2>&1; then
   tail -n 60 "$out/build.log" >> "$report"; end_section
