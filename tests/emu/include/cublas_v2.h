@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // moe_emu's stand-in for the cuBLAS calls moe's cuBLAS baseline makes: cublasGemmEx (column
-// major, op N or T, bf16/fp16/fp32/fp64 operands and output, fp32 or fp64 compute), on the host.
+// major, op N or T, bf16/fp16/fp32/fp64 operands, bf16/fp32/fp64 output, fp32 or fp64
+// compute), on the host.
 #pragma once
 
 #include <bit>
@@ -10,7 +11,11 @@
 
 #include "cuda_runtime.h"
 
-enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7 };
+enum cublasStatus_t {
+  CUBLAS_STATUS_SUCCESS = 0,
+  CUBLAS_STATUS_INVALID_VALUE = 7,
+  CUBLAS_STATUS_NOT_SUPPORTED = 15
+};
 enum cublasOperation_t { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
 enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_64F = 1, CUDA_R_16F = 2, CUDA_R_16BF = 14 };
 enum cublasComputeType_t { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_64F = 70 };
@@ -59,32 +64,20 @@ inline double load_as_double(void const* p, cudaDataType_t t, long long i) {
   }
 }
 
-/// Stores v rounded to nearest even in type t (16-bit types from the float value).
+/// Stores v in type t (fp64, fp32, or bf16 rounded to nearest even from the float value).
 inline void store_from_double(void* p, cudaDataType_t t, long long i, double v) {
+  float const f = static_cast<float>(v);
   if (t == CUDA_R_64F) {
     static_cast<double*>(p)[i] = v;
-    return;
-  }
-  float const f = static_cast<float>(v);
-  if (t == CUDA_R_32F) {
+  } else if (t == CUDA_R_32F) {
     static_cast<float*>(p)[i] = f;
-    return;
-  }
-  std::uint16_t bits = 0;
-  if (t == CUDA_R_16BF) {
+  } else {  // CUDA_R_16BF (fp16 output is refused by cublasGemmEx below)
     std::uint32_t const u = std::bit_cast<std::uint32_t>(f);
-    bits = std::isnan(f) ? static_cast<std::uint16_t>((u >> 16) | 0x40u)
-                         : static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-  } else {  // binary16: the nearest value, ties to the even encoding (a search: test use only)
-    double best = INFINITY;
-    for (std::uint32_t b = 0; b < 0x10000u; ++b) {
-      double const h = half_bits_to_double(static_cast<std::uint16_t>(b));
-      if (std::isnan(h)) continue;
-      double const d = std::fabs(h - static_cast<double>(f));
-      if (d < best || (d == best && (b & 1u) == 0)) best = d, bits = static_cast<std::uint16_t>(b);
-    }
+    auto const bits = std::isnan(f)
+                          ? static_cast<std::uint16_t>((u >> 16) | 0x40u)
+                          : static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    std::memcpy(static_cast<unsigned char*>(p) + 2 * i, &bits, 2);
   }
-  std::memcpy(static_cast<unsigned char*>(p) + 2 * i, &bits, 2);
 }
 }  // namespace moe_emu
 
@@ -95,6 +88,7 @@ inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasO
                                    int ldb, void const* beta, void* c, cudaDataType_t ct, int ldc,
                                    cublasComputeType_t compute, cublasGemmAlgo_t) {
   if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
+  if (ct == CUDA_R_16F) return CUBLAS_STATUS_NOT_SUPPORTED;  // moe's baseline never writes fp16
   if (lda < std::max(1, ta == CUBLAS_OP_N ? m : k) ||
       ldb < std::max(1, tb == CUBLAS_OP_N ? k : n) || ldc < std::max(1, m))
     return CUBLAS_STATUS_INVALID_VALUE;

@@ -49,11 +49,10 @@ inline std::size_t nccl_size(ncclDataType_t t) {
     case ncclChar:
       return 1;
     case ncclInt32:
+    case ncclFloat32:
       return 4;
     default:
       return 8;  // ncclInt64, ncclFloat64
-    case ncclFloat32:
-      return 4;
   }
 }
 struct nccl_transfer {

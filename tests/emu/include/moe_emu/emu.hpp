@@ -99,8 +99,8 @@ struct warp_state {
   int arrived = 0;
   unsigned long long generation = 0;
   std::array<slot, 32> in{}, out{};
-  std::array<bool, 32> exited{};
-  int size = 32;  ///< lanes in this warp (the last warp of a block may be partial)
+  unsigned exited = 0;  ///< lanes that have returned, one bit each
+  int size = 32;        ///< lanes in this warp (the last warp of a block may be partial)
 };
 
 struct pending_copy {
@@ -171,7 +171,7 @@ inline void syncthreads() {
   --b.live;
   ++b.progress;
   warp_state& w = b.warps[f.linear / 32];
-  w.exited[f.linear % 32] = true;
+  w.exited |= 1u << (f.linear % 32);
   if (!b.copies[f.linear].empty()) fail("a thread exited with cp.async copies never waited for");
   barrier_complete_if_ready();
   moe_emu_switch(&f.sp, scheduler_sp);
@@ -233,7 +233,7 @@ inline void run_block(block_state& b, int threads, unsigned long long block_line
     ws.arrived = 0;
     ws.mask = 0;
     ws.size = std::min(32, threads - 32 * w);
-    ws.exited.fill(false);
+    ws.exited = 0;
   }
   std::memset(dynamic_smem_buffer, 0xff, dynamic_smem_size);
   int remaining = threads;
@@ -326,9 +326,7 @@ Out collective(int kind, unsigned mask, In const& in,
   } else if (w.kind != kind || w.mask != participants) {
     fail("lanes of a warp reached different collectives (operation or mask differ)");
   }
-  for (int l = 0; l < 32; ++l)
-    if ((participants >> l & 1u) != 0 && w.exited[static_cast<std::size_t>(l)])
-      fail("a warp collective's mask names a lane that has exited");
+  if ((participants & w.exited) != 0) fail("a warp collective's mask names a lane that has exited");
   std::memcpy(w.in[static_cast<std::size_t>(lane)].data(), &in, sizeof(In));
   unsigned long long const gen = w.generation;
   ++b.progress;
@@ -571,18 +569,14 @@ inline void cp_async_wait(int n) {
   int const t = linear_thread();
   auto& list = block->copies[static_cast<std::size_t>(t)];
   int const limit = block->committed[static_cast<std::size_t>(t)] - n;
-  std::vector<pending_copy> keep;
-  for (pending_copy const& c : list) {
-    if (c.group >= 0 && c.group < limit) {
-      if (c.src != nullptr)
-        std::memcpy(c.dst, c.src, static_cast<std::size_t>(c.bytes));
-      else
-        std::memset(c.dst, 0, static_cast<std::size_t>(c.bytes));
-    } else {
-      keep.push_back(c);
-    }
-  }
-  list.swap(keep);
+  std::erase_if(list, [&](pending_copy const& c) {
+    if (c.group < 0 || c.group >= limit) return false;
+    if (c.src != nullptr)
+      std::memcpy(c.dst, c.src, static_cast<std::size_t>(c.bytes));
+    else
+      std::memset(c.dst, 0, static_cast<std::size_t>(c.bytes));
+    return true;
+  });
 }
 
 // ---- launches ----------------------------------------------------------------------------
