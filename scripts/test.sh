@@ -4,7 +4,8 @@
 #   1. the `cuda` preset when nvcc exists (else `host`): host tests, header tests for .hpp (g++)
 #      and .cuh (nvcc, sm_80/sm_90/sm_90a), compile-fail tests, package tests, the static kernel
 #      gates, and the gpu tests (Skipped without a GPU);
-#   2. the `asan` preset: the host tests again under AddressSanitizer + UBSan, without CUDA.
+#   2. the `asan` preset: the host tests again, and the CUDA backend's gpu tests run on the CPU
+#      by moe_emu (label emu, docs/emulation.md), under AddressSanitizer + UBSan, without CUDA.
 # Ends with one line "N passed, N failed, N skipped" over both runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -17,12 +17,15 @@
 #include <utility>      // std::pair
 #include <vector>       // std::vector
 
+#include "../host/common.hpp"  // same_bits
 #include "../host/plan_contract.hpp"  // moe::test::lowest_slot_contract_break
 #include "common.cuh"
 #include "moe/cuda/permute.cuh"
 #include "moe/cuda/plan.cuh"
 
 namespace {
+
+using moe::test::same_bits;
 
 using i32 = std::int32_t;
 using i64 = std::int64_t;
@@ -146,12 +149,6 @@ std::vector<T> random_tensor(std::mt19937_64& rng, i64 n) {
   for (auto& x : v) x = moe::from_float<T>(d(rng));
   if (n > 0) v[0] = moe::from_float<T>(-0.0f);
   return v;
-}
-
-template <class T>
-bool same_bits(std::vector<T> const& a, std::vector<T> const& b) {
-  return a.size() == b.size() &&
-         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 template <class T>

@@ -13,16 +13,17 @@
 #include <algorithm>  // std::max
 #include <cmath>      // std::abs
 #include <cstdint>    // std::int64_t
-#include <cstring>    // std::memcmp
 #include <random>     // std::mt19937_64
 #include <vector>     // std::vector
 
-#include "common.cuh"  // device_vector, MOE_REQUIRE_OK
+#include "../host/common.hpp"  // same_bits
+#include "common.cuh"            // device_vector, MOE_REQUIRE_OK
 #include "moe/configs.hpp"
 #include "moe/cuda/layer.cuh"
 
 namespace {
 
+using moe::test::same_bits;
 using moe::test::scaled_error;
 
 template <moe::config C>
@@ -91,10 +92,9 @@ void compare_layers(moe::layer_shape shape, std::int64_t T, double tol) {
       first_dx = ddx.download();
       continue;
     }
-    CHECK(std::memcmp(grads.data(), first_grads.data(), grads.size() * sizeof(G)) == 0);
-    std::vector<A> const y2 = dy_out.download(), dx2 = ddx.download();
-    CHECK(std::memcmp(y2.data(), first_y.data(), y2.size() * sizeof(A)) == 0);
-    CHECK(std::memcmp(dx2.data(), first_dx.data(), dx2.size() * sizeof(A)) == 0);
+    CHECK(same_bits(grads, first_grads));
+    CHECK(same_bits(dy_out.download(), first_y));
+    CHECK(same_bits(ddx.download(), first_dx));
   }
   cudaStreamDestroy(stream);
   CHECK(bad.download()[0] == -1);
@@ -106,9 +106,9 @@ void compare_layers(moe::layer_shape shape, std::int64_t T, double tol) {
   MOE_REQUIRE_CUDA(cudaMemcpy(de.data(), dr.expert, de.size() * 4, cudaMemcpyDeviceToHost));
   MOE_REQUIRE_CUDA(cudaMemcpy(ds.data(), dr.slot, ds.size() * 4, cudaMemcpyDeviceToHost));
   MOE_REQUIRE_CUDA(cudaMemcpy(dc.data(), dr.counts, dc.size() * 4, cudaMemcpyDeviceToHost));
-  CHECK(std::memcmp(de.data(), hr.expert, de.size() * 4) == 0);
-  CHECK(std::memcmp(ds.data(), hr.slot, ds.size() * 4) == 0);
-  CHECK(std::memcmp(dc.data(), hr.counts, dc.size() * 4) == 0);
+  CHECK(same_bits(de, std::vector<std::int32_t>(hr.expert, hr.expert + de.size())));
+  CHECK(same_bits(ds, std::vector<std::int32_t>(hr.slot, hr.slot + ds.size())));
+  CHECK(same_bits(dc, std::vector<std::int32_t>(hr.counts, hr.counts + dc.size())));
   moe::layer_stats const dstat = dstats.download()[0];
   CHECK(dstat.route.dropped == hstats.route.dropped);
   CHECK(dstat.route.capacity == hstats.route.capacity);

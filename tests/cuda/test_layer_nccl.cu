@@ -17,16 +17,18 @@
 
 #include <algorithm>  // std::copy
 #include <cstdint>    // std::int64_t
-#include <cstring>    // std::memcmp, std::strstr
+#include <cstring>    // std::strstr
 #include <random>     // std::mt19937_64
 #include <vector>     // std::vector
 
-#include "common.cuh"  // device_vector, MOE_REQUIRE_OK
+#include "../host/common.hpp"  // same_bits
+#include "common.cuh"            // device_vector, MOE_REQUIRE_OK
 #include "moe/configs.hpp"
 #include "moe/cuda/layer_ep.cuh"
 
 namespace {
 
+using moe::test::same_bits;
 using moe::test::scaled_error;
 
 template <class T>
@@ -168,10 +170,9 @@ void compare(moe::layer_shape shape, std::int64_t T, bool skewed, double tol) {
     at += sizes.n[i];
   }
   // Deterministic: a second run gives the same bits.
-  CHECK(std::memcmp(again.y.data(), got.y.data(), got.y.size() * sizeof(A)) == 0);
-  CHECK(std::memcmp(again.dx.data(), got.dx.data(), got.dx.size() * sizeof(A)) == 0);
-  CHECK(std::memcmp(again.grads.data(), got.grads.data(),
-                    got.grads.size() * sizeof(moe::accum_t<C>)) == 0);
+  CHECK(same_bits(again.y, got.y));
+  CHECK(same_bits(again.dx, got.dx));
+  CHECK(same_bits(again.grads, got.grads));
   // One rank: the replicated gradients' sum over the group leaves them unchanged.
   MOE_REQUIRE_OK(ep.all_reduce_replicated_gradients(moe::cuda_on(stream)));
   MOE_REQUIRE_CUDA(cudaStreamSynchronize(stream));

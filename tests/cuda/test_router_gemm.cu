@@ -19,10 +19,13 @@
 #include <vector>       // std::vector
 
 #include "common.cuh"
+#include "../host/common.hpp"  // same_bits
 #include "moe/configs.hpp"
 #include "moe/cuda/router_gemm.cuh"
 
 namespace {
+
+using moe::test::same_bits;
 
 enum class jitter_mode { off, philox, caller, eval };
 
@@ -43,12 +46,6 @@ char const* name(jitter_mode j) {
 template <class T>
 double val(T v) {
   return static_cast<double>(moe::to_float(v));
-}
-
-template <class T>
-bool same_bits(std::vector<T> const& a, std::vector<T> const& b) {
-  return a.size() == b.size() &&
-         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 /// Everything one comparison needs: inputs, and the host's and the device's outputs.

@@ -183,8 +183,10 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, F*, int thread
 inline cudaError_t cudaMalloc(void** p, std::size_t bytes) {
   *p = nullptr;
   if (bytes == 0) return cudaSuccess;
-  void* q = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
-  if (q == nullptr) return cudaErrorMemoryAllocation;
+  // 256-byte aligned as the device's, and exactly `bytes` long, so that AddressSanitizer sees
+  // the end of the buffer.
+  void* q = nullptr;
+  if (posix_memalign(&q, 256, bytes) != 0) return cudaErrorMemoryAllocation;
   std::memset(q, 0xa5, bytes);  // device memory starts as garbage
   *p = q;
   return cudaSuccess;

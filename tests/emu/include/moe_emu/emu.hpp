@@ -37,10 +37,25 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
 #define MOE_CUDA_EMULATION 1
+
+// Under AddressSanitizer (the asan preset) the fiber switches are announced to it, fiber stacks
+// and dynamic shared memory are poisoned where nothing may touch them, and cudaMalloc gives
+// exactly the bytes asked for: an access past a device buffer, a fiber's stack or the launch's
+// dynamic shared memory is reported as on a GPU by compute-sanitizer's memcheck.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define MOE_EMU_ASAN 1
+#else
+#define MOE_EMU_ASAN 0
+#define ASAN_POISON_MEMORY_REGION(addr, size) ((void)(addr), (void)(size))
+#define ASAN_UNPOISON_MEMORY_REGION(addr, size) ((void)(addr), (void)(size))
+#endif
 
 // ---- CUDA's keywords ---------------------------------------------------------------------------
 #define __global__
@@ -85,7 +100,8 @@ struct warp_state;
 
 struct fiber {
   void* sp = nullptr;
-  char* stack = nullptr;
+  std::unique_ptr<char[]> stack;
+  void* fake_stack = nullptr;  ///< AddressSanitizer's, while the fiber is switched out
   uint3 idx{};
   int linear = 0;
   bool done = false;
@@ -121,10 +137,14 @@ struct block_state {
   unsigned long long progress = 0;
 };
 
-constexpr std::size_t stack_bytes = 256 * 1024;
+// AddressSanitizer's redzones make frames larger.
+constexpr std::size_t stack_bytes = (MOE_EMU_ASAN ? 1024 : 256) * 1024;
 constexpr std::size_t max_dynamic_smem = 227 * 1024;
 
 inline void* scheduler_sp = nullptr;
+inline void const* scheduler_stack = nullptr;  ///< the scheduler's stack, for AddressSanitizer
+inline std::size_t scheduler_stack_size = 0;
+inline void* scheduler_fake_stack = nullptr;
 inline fiber* current = nullptr;
 inline block_state* block = nullptr;
 inline std::function<void()> const* body = nullptr;
@@ -139,9 +159,35 @@ inline int linear_thread() {
   return static_cast<int>(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
 }
 
+/// From the scheduler into fiber `f`; returns when `f` yields or exits.
+inline void enter(fiber& f) {
+#if MOE_EMU_ASAN
+  __sanitizer_start_switch_fiber(&scheduler_fake_stack, f.stack.get(), stack_bytes);
+#endif
+  moe_emu_switch(&scheduler_sp, f.sp);
+#if MOE_EMU_ASAN
+  __sanitizer_finish_switch_fiber(scheduler_fake_stack, nullptr, nullptr);
+#endif
+}
+
+/// From the running fiber to the scheduler; returns when the scheduler resumes it (never if
+/// `exiting`).
+inline void leave(bool exiting) {
+  fiber& f = *current;
+#if MOE_EMU_ASAN
+  __sanitizer_start_switch_fiber(exiting ? nullptr : &f.fake_stack, scheduler_stack,
+                                 scheduler_stack_size);
+#endif
+  moe_emu_switch(&f.sp, scheduler_sp);
+#if MOE_EMU_ASAN
+  __sanitizer_finish_switch_fiber(f.fake_stack, &scheduler_stack, &scheduler_stack_size);
+#endif
+  (void)exiting;
+}
+
 /// Back to the scheduler; returns when the scheduler resumes this fiber.
 inline void yield() {
-  moe_emu_switch(&current->sp, scheduler_sp);
+  leave(false);
 }
 
 inline void barrier_complete_if_ready() {
@@ -164,6 +210,9 @@ inline void syncthreads() {
 }
 
 [[noreturn]] inline void fiber_entry() {
+#if MOE_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &scheduler_stack, &scheduler_stack_size);
+#endif
   (*body)();
   block_state& b = *block;
   fiber& f = *current;
@@ -174,18 +223,20 @@ inline void syncthreads() {
   w.exited |= 1u << (f.linear % 32);
   if (!b.copies[f.linear].empty()) fail("a thread exited with cp.async copies never waited for");
   barrier_complete_if_ready();
-  moe_emu_switch(&f.sp, scheduler_sp);
+  leave(true);
   std::abort();  // never resumed
 }
 
 /// A fresh stack whose first switch enters fiber_entry (see moe_emu_switch in emu.cpp: six
 /// callee-saved registers, then the return address).
 inline void prepare(fiber& f) {
-  if (f.stack == nullptr) {
-    f.stack = static_cast<char*>(std::malloc(stack_bytes));
-    if (f.stack == nullptr) fail("out of memory for fiber stacks");
-  }
-  auto top = reinterpret_cast<std::uintptr_t>(f.stack + stack_bytes) & ~std::uintptr_t{15};
+  if (f.stack == nullptr) f.stack = std::make_unique_for_overwrite<char[]>(stack_bytes);
+  // A fiber leaves through fiber_entry and leave(true), which never return: under
+  // AddressSanitizer their frames' redzones, at the top of the stack, stay poisoned (every
+  // frame below them has returned and cleared its own).
+  constexpr std::size_t top_frames = 16 * 1024;
+  ASAN_UNPOISON_MEMORY_REGION(f.stack.get() + stack_bytes - top_frames, top_frames);
+  auto top = reinterpret_cast<std::uintptr_t>(f.stack.get() + stack_bytes) & ~std::uintptr_t{15};
   auto* p = reinterpret_cast<std::uintptr_t*>(top);
   *--p = 0;                                               // fiber_entry's return address
   *--p = reinterpret_cast<std::uintptr_t>(&fiber_entry);  // where the switch returns to
@@ -258,7 +309,7 @@ inline void run_block(block_state& b, int threads, unsigned long long block_line
       }
       current = &f;
       threadIdx = f.idx;
-      moe_emu_switch(&scheduler_sp, f.sp);
+      enter(f);
       if (!f.done) ++remaining;
     }
     if (full && remaining > 0 && b.progress == before) {
@@ -291,6 +342,8 @@ inline int run_grid(dim3 grid, dim3 blk, std::size_t smem, std::function<void()>
   blockDim = blk;
   gridDim = grid;
   dynamic_smem_size = smem;
+  ASAN_UNPOISON_MEMORY_REGION(dynamic_smem_buffer, smem);
+  ASAN_POISON_MEMORY_REGION(dynamic_smem_buffer + smem, max_dynamic_smem - smem);
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
