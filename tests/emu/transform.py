@@ -2,12 +2,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """Copies CUDA sources into a tree that g++ compiles against moe_emu (tests/emu/include).
 
-Two rewrites, nothing else changes:
+Three rewrites, nothing else changes:
   kernel<<<grid, block[, smem[, stream]]>>>(args)
       -> ::moe_emu::launch([&](auto&&... a) { kernel(a...); }, grid, block[, smem[, stream]])(args)
       (a generic lambda, so that template arguments are deduced from the call as with <<<>>>)
   extern __shared__ [__align__(n)] T name[];
       -> T* const name = static_cast<T*>(::moe_emu::dynamic_smem());
+  __shared__ T a[n], b;   (a statement of its own line)
+      -> auto& a = ::moe_emu::static_shared<T[(n)]>([] {}); auto& b = ...;
+      (storage the emulator refills with 0xff bytes in every block: the lambda's type, unique
+      to the declaration and to the kernel's instantiation, keeps the copies apart)
 
 usage: transform.py OUT_DIR ROOT FILE...
   FILE relative to ROOT, written to OUT_DIR/FILE (a .cu file to OUT_DIR/FILE.cpp, for g++)
@@ -19,6 +23,53 @@ import sys
 EXTERN_SHARED = re.compile(
     r"extern\s+__shared__\s+(?:(?:__align__|alignas)\s*\(\s*\d+\s*\)\s+)?"
     r"([A-Za-z_][\w:\s]*?)\s+(\w+)\s*\[\s*\]\s*;")
+
+
+STATIC_SHARED = re.compile(r"^(\s*)__shared__\s+([^;]*);", re.M)
+DECLARATOR = re.compile(r"^(?:(?P<type>.*\S)\s+)?(?P<name>[A-Za-z_]\w*)\s*"
+                        r"(?P<dims>(?:\[[^\[\]]*\]\s*)*)$", re.S)
+
+
+def split_top_level(text):
+    """Splits a declarator list at the commas outside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c in "[(<{":
+            depth += 1
+        elif c in "])>}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts]
+
+
+def static_shared(m):
+    indent, body = m.group(1), m.group(2)
+    body = re.sub(r"^(?:(?:__align__|alignas)\s*\(\s*\d+\s*\)\s+)", "", body.strip())
+    decls = split_top_level(body)
+    first = DECLARATOR.match(decls[0])
+    if not first or not first.group("type"):
+        raise ValueError("cannot read the __shared__ declaration %r" % m.group(0))
+    base = first.group("type")
+    out = []
+    for i, d in enumerate(decls):
+        dm = DECLARATOR.match(d)
+        if not dm or (i > 0 and dm.group("type")):
+            raise ValueError("cannot read the __shared__ declaration %r" % m.group(0))
+        dims = "".join("[(%s)]" % e.strip() for e in re.findall(r"\[([^\[\]]*)\]", dm.group("dims")))
+        out.append("auto& %s = ::moe_emu::static_shared<%s%s>([] {});" % (dm.group("name"), base, dims))
+    return indent + " ".join(out)
+
+
+def check_no_other_shared(src):
+    """Every __shared__ outside comments must be one the rewrites handled."""
+    for n, line in enumerate(src.split("\n"), 1):
+        code = line.split("//")[0]
+        if "__shared__" in code:
+            raise ValueError("line %d: a __shared__ declaration transform.py cannot rewrite: %r" %
+                             (n, line.strip()))
 
 
 def kernel_start(src, end):
@@ -61,6 +112,8 @@ def rewrite(src):
     src = EXTERN_SHARED.sub(
         lambda m: "%s* const %s = static_cast<%s*>(::moe_emu::dynamic_smem());" %
         (m.group(1).strip(), m.group(2), m.group(1).strip()), src)
+    src = STATIC_SHARED.sub(static_shared, src)
+    check_no_other_shared(src)
     out = []
     pos = 0
     while True:

@@ -8,10 +8,10 @@
 // order that rotates and alternates direction from block to block (see run_block); a
 // thread runs until it reaches a barrier or a warp-collective operation (shuffle, ballot,
 // ldmatrix, mma), so every collective sees all its lanes' inputs at once and produces each
-// lane's result exactly as the PTX ISA defines it. Block shared memory is the `static` storage
-// the `__shared__` macro turns into (one block at a time, so one copy suffices) and, for
-// `extern __shared__`, a buffer refilled with 0xff bytes before each block (so reads of
-// dynamic shared memory nobody wrote show up as NaNs or -1). cp.async copies are deferred to
+// lane's result exactly as the PTX ISA defines it. Block shared memory is one copy per variable
+// (blocks run one at a time): static_shared storage for each `__shared__` declaration, refilled
+// with 0xff bytes in each block, and, for `extern __shared__`, a buffer refilled the same way
+// before each block (so reads of shared memory nobody wrote show up as NaNs or -1). cp.async copies are deferred to
 // the cp.async.wait_group that must complete them (the latest moment the ISA allows).
 // Device memory is host memory; every stream operation runs when it is issued.
 //
@@ -155,6 +155,25 @@ inline void* dynamic_smem() {
   return dynamic_smem_buffer;
 }
 
+/// Blocks run so far; a static `__shared__` variable is refilled at its first use in each.
+inline unsigned long long block_serial = 0;
+
+/// A static `__shared__` variable (transform.py turns each declaration into a call, `Tag` a
+/// lambda whose type is unique to the declaration and to the kernel's instantiation): one copy,
+/// filled with 0xff bytes when a block first reaches the declaration, so that a read before any
+/// write of the block sees garbage, not what the previous block left.
+template <class T, class Tag>
+T& static_shared(Tag) {
+  static_assert(std::is_trivially_copyable_v<T>, "__shared__ variables have no constructors");
+  alignas(alignof(T) > 16 ? alignof(T) : 16) static T storage;
+  static unsigned long long filled = ~0ULL;
+  if (filled != block_serial) {
+    std::memset(static_cast<void*>(&storage), 0xff, sizeof(T));
+    filled = block_serial;
+  }
+  return storage;
+}
+
 inline int linear_thread() {
   return static_cast<int>(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
 }
@@ -265,6 +284,7 @@ inline unsigned long long mix(unsigned long long a, unsigned long long b, unsign
 /// between them run in either order somewhere in a grid: a missing __syncthreads then gives a
 /// wrong result in some block.
 inline void run_block(block_state& b, int threads, unsigned long long block_linear) {
+  ++block_serial;
   b.live = threads;
   b.bar_arrived = 0;
   for (int i = 0; i < threads; ++i) {
