@@ -662,8 +662,14 @@ class layer {
   [[nodiscard]] accum* flat_grads() const noexcept { return flat_grads_; }
 
   /// Sets every gradient to zero (gradients accumulate over backward calls); on the CUDA
-  /// backend, enqueued on the policy's stream.
-  [[nodiscard]] status zero_grad(Policy policy = {}) noexcept {
+  /// backend, enqueued on the policy's stream (no default there: a default-constructed
+  /// cuda_policy is the legacy stream, which a non-blocking stream does not wait for).
+  [[nodiscard]] status zero_grad() noexcept
+    requires std::is_same_v<Policy, host_policy>
+  {
+    return zero_grad(Policy{});
+  }
+  [[nodiscard]] status zero_grad(Policy policy) noexcept {
     detail::layer_impl::tensor_sizes<C> const sizes(shape_);
     for (int i = 0; i < 15; ++i) {
       accum* g = *detail::layer_impl::member(grads_, i);
@@ -792,7 +798,12 @@ class layer {
   /// saw every token routed to them). Collective: every rank of the group calls it. A no-op
   /// with comm::local. CUDA: enqueued after the work on policy.stream (NCCL sums in its own
   /// fixed order; every rank gets the same bits).
-  [[nodiscard]] status all_reduce_replicated_gradients(Policy policy = {}) noexcept {
+  [[nodiscard]] status all_reduce_replicated_gradients() noexcept
+    requires std::is_same_v<Policy, host_policy>
+  {
+    return all_reduce_replicated_gradients(Policy{});
+  }
+  [[nodiscard]] status all_reduce_replicated_gradients(Policy policy) noexcept {
     if constexpr (requires(Comm& c, Policy const& q) { c.set_stream(q.stream); })
       comm_.set_stream(policy.stream);
     else

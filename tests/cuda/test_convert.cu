@@ -2,7 +2,8 @@
 // convert on the GPU (CUDA's own conversion intrinsics on the device pass) equals the host
 // backend (our portable bit-level conversions) bit for bit: over a sweep of all 2^32 float bit
 // patterns (stride MOE_TEST_FLOAT_STRIDE) to every narrow type, and every narrow bit pattern
-// back to float.
+// back to float. And nvcc's float flags as moe::cuda sets them (IEEE semantics, no FTZ).
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -61,7 +62,53 @@ void widening_matches_host() {
   CHECK_MESSAGE(mismatches == 0, moe::storage_name<From>());
 }
 
+/// The float operations moe's kernels round with, on pairs (a[i], b[i]): what they compute
+/// depends on nvcc's -ftz / -prec-div / -prec-sqrt, which moe::cuda fixes (docs/building.md).
+__global__ void ieee_ops_kernel(int n, float const* a, float const* b, float* out) {
+  int const i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= n) return;
+  float const x = a[i], y = b[i];
+  out[6 * i + 0] = __fmul_rn(x, y);
+  out[6 * i + 1] = __fadd_rn(x, y);
+  out[6 * i + 2] = __fdiv_rn(x, y);
+  out[6 * i + 3] = x * y;
+  out[6 * i + 4] = x / y;
+  out[6 * i + 5] = sqrtf(x);
+}
+
 }  // namespace
+
+// Subnormal operands and results, and divisions and square roots that must round correctly:
+// with -ftz=true the first four flush to zero, with -prec-div=false / -prec-sqrt=false the
+// last two may be off by an ulp. The host computes each in IEEE single precision.
+TEST_CASE("cuda kernels compiled through moe::cuda keep IEEE float semantics (no FTZ)") {
+  std::vector<float> const a = {0x1p-63f, 0x1p-130f, 0x1.8p-140f, 1.0f, 2.0f, 0x1.fffffep-2f,
+                                0x1p-149f, 3.0f, 0x1.234566p-127f, 10.0f};
+  std::vector<float> const b = {0x1p-70f, 0x1p-131f, 0x1.8p-141f, 3.0f, 7.0f, 0x1.000002p+0f,
+                                0x1p-149f, 0x1.fffffep+127f, 0x1p+2f, 0x1.5555p-1f};
+  int const n = static_cast<int>(a.size());
+  moe::test::device_vector<float> da(a.size()), db(b.size()), out(6 * a.size());
+  da.upload(a);
+  db.upload(b);
+  ieee_ops_kernel<<<1, 32>>>(n, da.data(), db.data(), out.data());
+  MOE_REQUIRE_CUDA(cudaGetLastError());
+  MOE_REQUIRE_CUDA(cudaDeviceSynchronize());
+  std::vector<float> const got = out.download();
+  int subnormal_results = 0;
+  for (int i = 0; i < n; ++i) {
+    float const x = a[static_cast<std::size_t>(i)], y = b[static_cast<std::size_t>(i)];
+    volatile float vx = x, vy = y;  // no constant folding, no contraction on the host side
+    float const want[6] = {vx * vy, vx + vy, vx / vy, vx * vy, vx / vy, std::sqrt(float{vx})};
+    for (int j = 0; j < 6; ++j) {
+      float const g = got[static_cast<std::size_t>(6 * i + j)];
+      subnormal_results += want[j] != 0.0f && std::fabs(want[j]) < 0x1p-126f;
+      CAPTURE(i);
+      CAPTURE(j);
+      CHECK(std::memcmp(&want[j], &g, sizeof(float)) == 0);
+    }
+  }
+  CHECK(subnormal_results >= 6);  // the cases above do reach the subnormal range
+}
 
 TEST_CASE("convert(cuda) == convert(host): float to every narrow type") {
   float_sweep_matches_host<moe::bf16>();
