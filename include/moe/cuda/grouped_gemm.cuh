@@ -199,8 +199,8 @@ status grouped_gemm_dgrad(cuda_policy policy, grouped_gemm_dgrad_args<C> const& 
 
 /// wgrad and dbias on the device: dw[e] (+)= Σ_m dy[m]ᵀ x[m] and d_bias[e] (+)= Σ_m dy[m] over
 /// the rows of expert e, in accum_t<C>. One CTA per dW tile sums all rows of its expert (no
-/// split-K, no atomics): bitwise reproducible. With accumulate the sums start from the
-/// caller's values. Every expert's dw is written, also without rows. Enqueued on policy.stream.
+/// split-K, no atomics), and d_bias is a column sum in a fixed order (column_sum.cuh): bitwise
+/// reproducible. With accumulate the sums start from the caller's values. Every expert's dw is written, also without rows. Enqueued on policy.stream.
 /// @param a  x [M, K], dy [M, N], dw [E_l, N, K] out, d_bias [E_l, N] out or null — device
 ///           memory; bf16/fp16: N % 8 == K % 8 == 0 and x, dy 16-byte aligned
 template <config C>
@@ -224,9 +224,10 @@ status grouped_gemm_wgrad(cuda_policy policy, grouped_gemm_wgrad_args<C> const& 
             a.accumulate};
   MOE_TRY(detail::grouped::launch_grouped_gemm(policy, p, bound, "grouped_gemm_kernel<wgrad>"));
   if (a.d_bias == nullptr) return {};
-  constexpr int block = backend::cuda::grouped_elementwise_block;
-  dim3 const grid(static_cast<unsigned>(detail::grouped::ceil_div(a.n, block)),
+  std::int64_t const chunks = detail::grouped::ceil_div(a.n, backend::cuda::column_sum_cols);
+  dim3 const grid(static_cast<unsigned>(chunks < 65535 ? chunks : 65535),
                   static_cast<unsigned>(a.experts));
+  dim3 const block(backend::cuda::column_sum_cols, backend::cuda::column_sum_groups);
   backend::cuda::grouped_bias_grad_kernel<T, A>
       <<<grid, block, 0, policy.stream>>>(a.offsets, a.dy, a.d_bias, a.rows, a.n, a.accumulate);
   return backend::cuda::check_launch(policy.stream, "grouped_bias_grad_kernel");

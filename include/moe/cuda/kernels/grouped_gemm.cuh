@@ -29,6 +29,7 @@
 
 #include "moe/activation.hpp"                      // activation_forward, activation_backward
 #include "moe/config.hpp"                          // moe::activation, max_experts, precision
+#include "moe/cuda/kernels/column_sum.cuh"            // column_sum (d_bias)
 #include "moe/cuda/kernels/grouped_gemm_mainloop.cuh"  // mma_mainloop, simt_mainloop
 #include "moe/detail/gemm_layout.hpp"              // gated_output, gated_is_up, gated_column
 #include "moe/precision.hpp"                       // to_float, from_float
@@ -331,33 +332,28 @@ __global__ void __launch_bounds__(P::mainloop::threads, P::shape.min_blocks)
 /// Threads of the element-wise kernels below.
 inline constexpr int grouped_elementwise_block = 256;
 
-/// d_bias[e, j] (+)= Σ dy[m, j] over the rows m of expert e, ascending, in A: one thread per
-/// (expert, column), the same running sum as the host's, loads issued four rows ahead.
+/// d_bias[e, j] (+)= Σ dy[m, j] over the rows m of expert e, in A: a block of
+/// column_sum_threads per 32 columns of one expert (blockIdx.y), in column_sum's fixed order.
 template <class T, class A>
-__global__ void __launch_bounds__(grouped_elementwise_block)
+__global__ void __launch_bounds__(column_sum_threads)
     grouped_bias_grad_kernel(std::int64_t const* __restrict__ offsets,  // [E_l + 1]
                              T const* __restrict__ dy,                  // [M, N]
                              A* __restrict__ d_bias,                    // [E_l, N]
                              std::int64_t rows, std::int64_t n, bool accumulate) {
+  __shared__ column_sum_storage<A> storage;
   int const e = static_cast<int>(blockIdx.y);
-  std::int64_t const j =
-      static_cast<std::int64_t>(blockIdx.x) * grouped_elementwise_block + threadIdx.x;
-  if (j >= n) return;
   expert_rows const r = rows_of(offsets, rows, e);
-  A sum = accumulate ? d_bias[e * n + j] : A(0);
-  std::int64_t m = r.begin;
 #pragma unroll 1
-  for (; m + 4 <= r.end; m += 4) {
-    T const v0 = dy[m * n + j], v1 = dy[(m + 1) * n + j], v2 = dy[(m + 2) * n + j],
-            v3 = dy[(m + 3) * n + j];
-    sum += static_cast<A>(to_float(v0));
-    sum += static_cast<A>(to_float(v1));
-    sum += static_cast<A>(to_float(v2));
-    sum += static_cast<A>(to_float(v3));
+  for (std::int64_t j0 = static_cast<std::int64_t>(blockIdx.x) * column_sum_cols; j0 < n;
+       j0 += static_cast<std::int64_t>(gridDim.x) * column_sum_cols) {
+    std::int64_t const j = j0 + threadIdx.x;
+    bool const active = j < n;
+    A const init = active && threadIdx.y == 0 && accumulate ? d_bias[e * n + j] : A(0);
+    A const sum = column_sum<A>(storage, r.begin, r.end, active, init, [&](std::int64_t m) {
+      return static_cast<A>(to_float(dy[m * n + j]));
+    });
+    if (active && threadIdx.y == 0) d_bias[e * n + j] = sum;
   }
-#pragma unroll 1
-  for (; m < r.end; ++m) sum += static_cast<A>(to_float(dy[m * n + j]));
-  d_bias[e * n + j] = sum;
 }
 
 /// h = act(pre) on rows [offsets[0], offsets[E_l]), the forward epilogue's arithmetic.

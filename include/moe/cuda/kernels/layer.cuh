@@ -3,17 +3,18 @@
 // the branches into y (with the PR-MoE coefficients' softmax), the mixing backward, the
 // coefficients' weight gradient, the dx sum in accum_t, type conversions of the router's
 // logits for fp64 configs, the dense branches' offsets and the statistics. Every reduction is
-// a CUB block reduction of a fixed block size over a fixed partition of the row, so results
-// are the same bits run after run.
+// a CUB block reduction of a fixed block size over a fixed partition of the row, or a column
+// sum over the tokens in column_sum's fixed order, so results are the same bits run after run.
 #pragma once
 
 #include <cub/block/block_reduce.cuh>  // cub::BlockReduce
 
 #include <cstdint>  // std::int64_t
 
-#include "moe/layer.hpp"      // moe::layer_stats
-#include "moe/precision.hpp"  // to_float, from_float
-#include "moe/router.hpp"     // moe::route_stats
+#include "moe/cuda/kernels/column_sum.cuh"  // column_sum (the coefficients' gradients)
+#include "moe/layer.hpp"                      // moe::layer_stats
+#include "moe/precision.hpp"                  // to_float, from_float
+#include "moe/router.hpp"                     // moe::route_stats
 
 namespace moe::backend::cuda {
 
@@ -116,26 +117,27 @@ __global__ void __launch_bounds__(layer_block)
   }
 }
 
-/// dW_c[j, h] += Σ_t dcoef[t, j] x[t, h] and db_c[j] += Σ_t dcoef[t, j], each element by one
-/// thread in ascending t.
+/// dW_c[j, h] += Σ_t dcoef[t, j] x[t, h] and db_c[j] += Σ_t dcoef[t, j], as 2H + 2 column
+/// sums over the tokens (column i < 2H is (j, h) = (i / H, i % H), then db_c's two): a block of
+/// column_sum_threads per 32 columns, in column_sum's fixed order.
 template <class S, class A>
-__global__ void layer_coef_wgrad_kernel(std::int64_t tokens, std::int64_t hidden, S const* x,
-                                        A const* dcoef, A* dw, A* db) {
+__global__ void __launch_bounds__(column_sum_threads)
+    layer_coef_wgrad_kernel(std::int64_t tokens, std::int64_t hidden, S const* x,
+                            A const* dcoef, A* dw, A* db) {
+  __shared__ column_sum_storage<A> storage;
   std::int64_t const n = 2 * hidden + 2;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    if (i < 2 * hidden) {
-      std::int64_t const j = i / hidden, h = i % hidden;
-      A s = dw[i];
-      for (std::int64_t t = 0; t < tokens; ++t)
-        s += dcoef[2 * t + j] * layer_load<A>(x[t * hidden + h]);
-      dw[i] = s;
-    } else {
-      std::int64_t const j = i - 2 * hidden;
-      A s = db[j];
-      for (std::int64_t t = 0; t < tokens; ++t) s += dcoef[2 * t + j];
-      db[j] = s;
-    }
+  for (std::int64_t i0 = static_cast<std::int64_t>(blockIdx.x) * column_sum_cols; i0 < n;
+       i0 += static_cast<std::int64_t>(gridDim.x) * column_sum_cols) {
+    std::int64_t const i = i0 + threadIdx.x;
+    bool const active = i < n, weight = i < 2 * hidden;
+    std::int64_t const j = weight ? i / hidden : i - 2 * hidden, h = weight ? i % hidden : 0;
+    A* const out = !active ? nullptr : weight ? dw + i : db + j;
+    A const init = active && threadIdx.y == 0 ? *out : A(0);
+    A const sum = column_sum<A>(storage, 0, tokens, active, init, [&](std::int64_t t) {
+      A const d = dcoef[2 * t + j];
+      return weight ? d * layer_load<A>(x[t * hidden + h]) : d;
+    });
+    if (active && threadIdx.y == 0) *out = sum;
   }
 }
 

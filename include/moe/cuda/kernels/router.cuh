@@ -509,7 +509,7 @@ __global__ void route_seq_loss_kernel(float const* __restrict__ scores,
 
 /// One block: P_e over the chunks in order, then aux, z and the dropped count into stats.
 template <int = 0>
-__global__ void __launch_bounds__(1024) route_loss_final_kernel(double const* __restrict__ partial,
+__global__ void route_loss_final_kernel(double const* __restrict__ partial,
                                         double const* __restrict__ zpart,
                                         std::int32_t const* __restrict__ counts,
                                         std::int32_t const* __restrict__ count1,
