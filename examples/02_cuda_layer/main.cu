@@ -12,7 +12,7 @@
 #include <moe/cuda.cuh>  // moe::layer<C, moe::cuda_policy>
 
 #include <cstdio>   // std::printf, std::fprintf
-#include <cstdlib>  // std::exit, std::strtod, std::strtol
+#include <cstdlib>  // std::exit, std::strtod, std::strtoll
 #include <cstring>  // std::strcmp
 #include <vector>   // std::vector
 
@@ -63,20 +63,21 @@ __global__ void normal_inputs_kernel(long long n, unsigned long long seed, unsig
 }  // namespace
 
 int main(int argc, char** argv) {
-  long long T = 2048;
-  int steps = 200;
+  long long T = 2048, steps = 200;
   double expect = 0.5;
   for (int i = 1; i < argc; ++i) {
     char* end = nullptr;
     if (std::strcmp(argv[i], "--steps") == 0 && i + 1 < argc) {
-      steps = static_cast<int>(std::strtol(argv[++i], &end, 10));
+      steps = std::strtoll(argv[++i], &end, 10);
     } else if (std::strcmp(argv[i], "--tokens") == 0 && i + 1 < argc) {
-      T = std::strtol(argv[++i], &end, 10);
+      T = std::strtoll(argv[++i], &end, 10);
     } else if (std::strcmp(argv[i], "--expect") == 0 && i + 1 < argc) {
       expect = std::strtod(argv[++i], &end);
     }
-    if (end == nullptr || *end != '\0' || steps < 1 || T < 1 || !(expect > 0)) {
-      std::fprintf(stderr, "usage: %s [--steps N >= 1] [--tokens T >= 1] [--expect R > 0]\n",
+    if (end == nullptr || *end != '\0' || steps < 1 || steps > 1000000 || T < 1 ||
+        T > (1LL << 24) || !(expect > 0)) {
+      std::fprintf(stderr,
+                   "usage: %s [--steps 1..1e6] [--tokens 1..2^24] [--expect R > 0]\n",
                    argv[0]);
       return 2;
     }
@@ -116,7 +117,7 @@ int main(int argc, char** argv) {
 
   double first = 0, last = 0;
   std::vector<float> host_partial(blocks);
-  for (int step = 0; step < steps; ++step) {
+  for (long long step = 0; step < steps; ++step) {
     normal_inputs_kernel<<<blocks, 256, 0, stream>>>(T * H, 3, static_cast<unsigned long long>(step) * 2 * T * H, x);
     CHECK_OK(teacher.forward(on, p, {.x = x, .y = target}, ws, bytes));
     CHECK_OK(student.forward(on, p, {.x = x, .y = y}, ws, bytes));
@@ -132,7 +133,7 @@ int main(int argc, char** argv) {
     for (float v : host_partial) loss += v;
     if (step == 0) first = loss;
     last = loss;
-    if (step % 20 == 0 || step == steps - 1) std::printf("step %3d  mse %.6f\n", step, loss);
+    if (step % 20 == 0 || step == steps - 1) std::printf("step %3lld  mse %.6f\n", step, loss);
   }
   cudaFree(x);
   cudaFree(y);

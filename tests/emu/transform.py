@@ -8,8 +8,8 @@ Three rewrites, nothing else changes:
       (a generic lambda, so that template arguments are deduced from the call as with <<<>>>)
   extern __shared__ [__align__(n)] T name[];
       -> T* const name = static_cast<T*>(::moe_emu::dynamic_smem());
-  __shared__ T a[n], b;   (a statement of its own line)
-      -> auto& a = ::moe_emu::static_shared<T[(n)]>([] {}); auto& b = ...;
+  __shared__ [__align__(n)] T a[m], b;   (a statement starting its line)
+      -> auto& a = ::moe_emu::static_shared<T[(m)], n or 16>([] {}); auto& b = ...;
       (storage the emulator refills with 0xff bytes in every block: the lambda's type, unique
       to the declaration and to the kernel's instantiation, keeps the copies apart)
 
@@ -25,20 +25,25 @@ EXTERN_SHARED = re.compile(
     r"([A-Za-z_][\w:\s]*?)\s+(\w+)\s*\[\s*\]\s*;")
 
 
-STATIC_SHARED = re.compile(r"^(\s*)__shared__\s+([^;]*);", re.M)
+STATIC_SHARED = re.compile(r"^([ \t]*)__shared__\s+([^;]*);", re.M)
 DECLARATOR = re.compile(r"^(?:(?P<type>.*\S)\s+)?(?P<name>[A-Za-z_]\w*)\s*"
                         r"(?P<dims>(?:\[[^\[\]]*\]\s*)*)$", re.S)
 
 
 def split_top_level(text):
-    """Splits a declarator list at the commas outside brackets."""
-    parts, depth, start = [], 0, 0
+    """Splits a declarator list at the commas outside brackets (template angle brackets count
+    only outside [], () and {}, where < and > are operators)."""
+    parts, depth, angle, start = [], 0, 0, 0
     for i, c in enumerate(text):
-        if c in "[(<{":
+        if c in "[({":
             depth += 1
-        elif c in "])>}":
+        elif c in "])}":
             depth -= 1
-        elif c == "," and depth == 0:
+        elif c == "<" and depth == 0:
+            angle += 1
+        elif c == ">" and depth == 0:
+            angle -= 1
+        elif c == "," and depth == 0 and angle == 0:
             parts.append(text[start:i])
             start = i + 1
     parts.append(text[start:])
@@ -47,20 +52,27 @@ def split_top_level(text):
 
 def static_shared(m):
     indent, body = m.group(1), m.group(2)
-    body = re.sub(r"^(?:(?:__align__|alignas)\s*\(\s*\d+\s*\)\s+)", "", body.strip())
+    body = re.sub(r"//[^\n]*", "", body).strip()  # comments between declarators
+    align = re.match(r"(?:__align__|alignas)\s*\(\s*(\d+)\s*\)\s+", body)
+    if align:
+        body = body[align.end():]
     decls = split_top_level(body)
     first = DECLARATOR.match(decls[0])
     if not first or not first.group("type"):
         raise ValueError("cannot read the __shared__ declaration %r" % m.group(0))
     base = first.group("type")
+    if len(decls) > 1 and base.rstrip()[-1] in "*&":
+        raise ValueError("a pointer or reference type shared by several declarators: %r" %
+                         m.group(0))
     out = []
     for i, d in enumerate(decls):
         dm = DECLARATOR.match(d)
         if not dm or (i > 0 and dm.group("type")):
             raise ValueError("cannot read the __shared__ declaration %r" % m.group(0))
         dims = "".join("[(%s)]" % e.strip() for e in re.findall(r"\[([^\[\]]*)\]", dm.group("dims")))
-        out.append("auto& %s = ::moe_emu::static_shared<%s%s>([] {});" % (dm.group("name"), base, dims))
-    return indent + " ".join(out)
+        out.append("auto& %s = ::moe_emu::static_shared<%s%s, %s>([] {});" %
+                   (dm.group("name"), base, dims, align.group(1) if align else "16"))
+    return indent + " ".join(out) + "\n" * m.group(0).count("\n")  # keep the line numbers
 
 
 def check_no_other_shared(src):

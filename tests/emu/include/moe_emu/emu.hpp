@@ -38,6 +38,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <new>
 #include <type_traits>
 #include <vector>
 
@@ -47,6 +48,11 @@
 // and dynamic shared memory are poisoned where nothing may touch them, and cudaMalloc gives
 // exactly the bytes asked for: an access past a device buffer, a fiber's stack or the launch's
 // dynamic shared memory is reported as on a GPU by compute-sanitizer's memcheck.
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer) && !defined(__SANITIZE_ADDRESS__)
+#define __SANITIZE_ADDRESS__ 1  // clang's spelling
+#endif
+#endif
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
@@ -159,19 +165,25 @@ inline void* dynamic_smem() {
 inline unsigned long long block_serial = 0;
 
 /// A static `__shared__` variable (transform.py turns each declaration into a call, `Tag` a
-/// lambda whose type is unique to the declaration and to the kernel's instantiation): one copy,
-/// filled with 0xff bytes when a block first reaches the declaration, so that a read before any
-/// write of the block sees garbage, not what the previous block left.
-template <class T, class Tag>
+/// lambda whose type is unique to the declaration and to the kernel's instantiation; `Align`
+/// the declaration's __align__, else 16): one copy, filled with 0xff bytes when a block first
+/// reaches the declaration, so that a read before any write of the block sees garbage, not what
+/// the previous block left. On the heap rather than a local static, which g++ leaves without
+/// AddressSanitizer redzones when it is COMDAT (as in every header kernel): an access past the
+/// array is reported.
+template <class T, std::size_t Align, class Tag>
 T& static_shared(Tag) {
-  static_assert(std::is_trivially_copyable_v<T>, "__shared__ variables have no constructors");
-  alignas(alignof(T) > 16 ? alignof(T) : 16) static T storage;
+  using U = std::remove_cv_t<T>;
+  static_assert(std::is_trivially_copyable_v<U>, "__shared__ variables have no constructors");
+  constexpr std::size_t align = std::max(Align, alignof(U));
+  static U* const storage =
+      static_cast<U*>(::operator new(sizeof(U), std::align_val_t{align}));  // never freed
   static unsigned long long filled = ~0ULL;
   if (filled != block_serial) {
-    std::memset(static_cast<void*>(&storage), 0xff, sizeof(T));
+    std::memset(static_cast<void*>(storage), 0xff, sizeof(U));
     filled = block_serial;
   }
-  return storage;
+  return *storage;
 }
 
 inline int linear_thread() {
@@ -228,6 +240,8 @@ inline void syncthreads() {
   while (b.bar_generation == gen) yield();
 }
 
+// (No address-taken locals here: the first instruction that touches this stack under
+// AddressSanitizer must come after finish_switch_fiber.)
 [[noreturn]] inline void fiber_entry() {
 #if MOE_EMU_ASAN
   __sanitizer_finish_switch_fiber(nullptr, &scheduler_stack, &scheduler_stack_size);
