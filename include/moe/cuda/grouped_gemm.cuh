@@ -224,9 +224,7 @@ status grouped_gemm_wgrad(cuda_policy policy, grouped_gemm_wgrad_args<C> const& 
             a.accumulate};
   MOE_TRY(detail::grouped::launch_grouped_gemm(policy, p, bound, "grouped_gemm_kernel<wgrad>"));
   if (a.d_bias == nullptr) return {};
-  std::int64_t const chunks = detail::grouped::ceil_div(a.n, backend::cuda::column_sum_cols);
-  dim3 const grid(static_cast<unsigned>(chunks < 65535 ? chunks : 65535),
-                  static_cast<unsigned>(a.experts));
+  dim3 const grid(backend::cuda::column_sum_blocks(a.n), static_cast<unsigned>(a.experts));
   dim3 const block(backend::cuda::column_sum_cols, backend::cuda::column_sum_groups);
   backend::cuda::grouped_bias_grad_kernel<T, A>
       <<<grid, block, 0, policy.stream>>>(a.offsets, a.dy, a.d_bias, a.rows, a.n, a.accumulate);

@@ -205,11 +205,9 @@ struct layer_glue<cuda_policy> {
                               accum_t<C>* dx_sum) noexcept {
     using namespace backend::cuda;
     std::int64_t const H = self.shape.hidden, n = T * H;
-    std::int64_t const chunks = (2 * H + 2 + column_sum_cols - 1) / column_sum_cols;
     layer_coef_wgrad_kernel<act_t<C>, accum_t<C>>
-        <<<static_cast<unsigned>(chunks < 65535 ? chunks : 65535),
-           dim3(column_sum_cols, column_sum_groups), 0, policy.stream>>>(
-            T, H, x, dcoef, self.grads.coef_w, self.grads.coef_b);
+        <<<column_sum_blocks(2 * H + 2), dim3(column_sum_cols, column_sum_groups), 0,
+           policy.stream>>>(T, H, x, dcoef, self.grads.coef_w, self.grads.coef_b);
     MOE_TRY(check_launch(policy.stream, "layer_coef_wgrad_kernel"));
     layer_dx_add_kernel<act_t<C>, weight_t<C>, accum_t<C>>
         <<<grid_for(n, 256), 256, 0, policy.stream>>>(n, H, nullptr, false, dcoef,

@@ -19,6 +19,12 @@ inline constexpr int column_sum_cols = 32;
 inline constexpr int column_sum_groups = 16;
 inline constexpr int column_sum_threads = column_sum_cols * column_sum_groups;
 
+/// Blocks for n columns (a grid-stride loop covers any more than gridDim.x allows).
+inline unsigned column_sum_blocks(std::int64_t n) {
+  std::int64_t const chunks = (n + column_sum_cols - 1) / column_sum_cols;
+  return static_cast<unsigned>(chunks < 65535 ? chunks : 65535);
+}
+
 /// Block shared storage of column_sum: one partial sum per thread.
 template <class A>
 struct column_sum_storage {

@@ -9,10 +9,10 @@
 // thread runs until it reaches a barrier or a warp-collective operation (shuffle, ballot,
 // ldmatrix, mma), so every collective sees all its lanes' inputs at once and produces each
 // lane's result exactly as the PTX ISA defines it. Block shared memory is one copy per variable
-// (blocks run one at a time): static_shared storage for each `__shared__` declaration, refilled
-// with 0xff bytes in each block, and, for `extern __shared__`, a buffer refilled the same way
-// before each block (so reads of shared memory nobody wrote show up as NaNs or -1). cp.async copies are deferred to
-// the cp.async.wait_group that must complete them (the latest moment the ISA allows).
+// (blocks run one at a time): static_shared storage for each `__shared__` declaration, and a
+// buffer for `extern __shared__`, both refilled with 0xff bytes in each block (so reads of
+// shared memory nobody wrote show up as NaNs or -1). cp.async copies are deferred to the
+// cp.async.wait_group that must complete them (the latest moment the ISA allows).
 // Device memory is host memory; every stream operation runs when it is issued.
 //
 // Checks beyond the GPU's: a block whose threads wait forever (a barrier not every thread
