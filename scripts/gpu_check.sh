@@ -7,7 +7,8 @@
 #   2. runs the ctest tests labelled gpu, kernels and cuda (the CPU-only tests run in CI),
 #   3. runs the gpu test binary under compute-sanitizer memcheck, racecheck and synccheck, and
 #      the CUDA layer over NCCL under memcheck,
-#   4. runs the CUDA benchmarks (short repetitions),
+#   4. runs the CUDA benchmarks (short repetitions; in `all` and `extra` before racecheck and
+#      synccheck, so that a cap cuts the sanitizers rather than the figures),
 #   5. writes one report: GPU, driver, date, and every result above.
 # Device time is scarce, so every step after the build has a wall-clock cap (seconds, from the
 # environment): MOE_CHECK_CTEST_S (180), MOE_CHECK_SANITIZER_S (100 per tool),
@@ -74,17 +75,28 @@ failed=0
 
 section "build"
 start=$SECONDS
+# One parallel build of every target there is (the NCCL, MPI and benchmark targets exist only
+# where their libraries were found); -k 0 builds what it can, and only the gpu test binary and
+# the example are required to go on.
 targets=(moe_cuda_tests moe_cuda_nodevice_tests moe_cuda_layer_example)
-if ! { cmake "${cfg[@]}" && cmake --build "$build" -j "$jobs" --target "${targets[@]}" &&
-       { cmake --build "$build" -j "$jobs" --target moe_nccl_tests 2>/dev/null || true; } &&
-       { cmake --build "$build" -j "$jobs" --target moe_nccl_mpi_tests 2>/dev/null || true; } &&
-       { cmake --build "$build" -j "$jobs" --target moe_layer_ep_nccl_tests 2>/dev/null || true; } &&
-       { cmake --build "$build" -j "$jobs" --target moe_bench_cuda 2>/dev/null || true; }; } \
-     > "$out/build.log" 2>&1; then
+if ! cmake "${cfg[@]}" > "$out/build.log" 2>&1; then
   tail -n 60 "$out/build.log" >> "$report"; end_section
-  echo "BUILD FAILED" >> "$report"; cat "$report"; exit 1
+  echo "BUILD FAILED (configure)" >> "$report"; cat "$report"; exit 1
 fi
-echo "built in $((SECONDS - start)) s" >> "$report"
+available="$(cmake --build "$build" --target help 2>/dev/null)"
+for t in moe_nccl_tests moe_nccl_mpi_tests moe_layer_ep_nccl_tests moe_bench_cuda; do
+  grep -q "^$t:" <<< "$available" && targets+=("$t")
+done
+if ! cmake --build "$build" -j "$jobs" --target "${targets[@]}" -- -k 0 >> "$out/build.log" 2>&1; then
+  grep -E "error|Error" "$out/build.log" | head -n 40 >> "$report"
+  echo "some targets failed to build (build.log)" >> "$report"
+fi
+for t in tests/moe_cuda_tests examples/moe_cuda_layer_example; do
+  if [[ ! -x "$build/$t" ]]; then
+    end_section; echo "BUILD FAILED: $t" >> "$report"; cat "$report"; exit 1
+  fi
+done
+echo "built in $((SECONDS - start)) s: ${targets[*]}" >> "$report"
 for t in tests/moe_nccl_tests benchmarks/moe_bench_cuda; do
   [[ -x "$build/$t" ]] || echo "not built: $t (NCCL or Google Benchmark missing; see build.log)" >> "$report"
 done
@@ -98,6 +110,22 @@ timeout "${MOE_CHECK_CTEST_S:-180}" ctest --test-dir "$build" -L "gpu|kernels|cu
 grep -E "tests passed|tests failed|\*\*\*|Skipped|Failed" "$out/ctest.log" >> "$report"
 echo "ctest took $((SECONDS - start)) s" >> "$report"; end_section
 
+fi
+
+if want extra; then
+section "CUDA benchmarks"
+if [[ -x "$build/benchmarks/moe_bench_cuda" ]]; then
+  timeout "${MOE_CHECK_BENCH_S:-150}" "$build/benchmarks/moe_bench_cuda" \
+    --benchmark_min_time=0.05 --benchmark_out="$out/bench-cuda.json" \
+    --benchmark_out_format=json > "$out/bench-cuda.txt" 2>&1
+  rc=$?
+  [[ $rc == 124 ]] && echo "stopped at the ${MOE_CHECK_BENCH_S:-150} s cap" >> "$out/bench-cuda.txt"
+  [[ $rc != 0 && $rc != 124 ]] && failed=1
+  cat "$out/bench-cuda.txt" >> "$report"
+else
+  echo "moe_bench_cuda not built (Google Benchmark missing: run scripts/bring_deps.sh)" >> "$report"
+fi
+end_section
 fi
 
 sanitizer="$(command -v compute-sanitizer || true)"
@@ -134,21 +162,6 @@ fi
 end_section
 fi
 
-if want extra; then
-section "CUDA benchmarks"
-if [[ -x "$build/benchmarks/moe_bench_cuda" ]]; then
-  timeout "${MOE_CHECK_BENCH_S:-150}" "$build/benchmarks/moe_bench_cuda" \
-    --benchmark_min_time=0.05 --benchmark_out="$out/bench-cuda.json" \
-    --benchmark_out_format=json > "$out/bench-cuda.txt" 2>&1
-  rc=$?
-  [[ $rc == 124 ]] && echo "stopped at the ${MOE_CHECK_BENCH_S:-150} s cap" >> "$out/bench-cuda.txt"
-  [[ $rc != 0 && $rc != 124 ]] && failed=1
-  cat "$out/bench-cuda.txt" >> "$report"
-else
-  echo "moe_bench_cuda not built (Google Benchmark missing: run scripts/bring_deps.sh)" >> "$report"
-fi
-end_section
-fi
 
 echo >> "$report"
 [[ $failed == 0 ]] && echo "RESULT: PASS" >> "$report" || echo "RESULT: FAIL" >> "$report"
