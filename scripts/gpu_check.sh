@@ -12,8 +12,11 @@
 #   5. writes one report: GPU, driver, date, and every result above.
 # Device time is scarce, so every step after the build has a wall-clock cap (seconds, from the
 # environment): MOE_CHECK_CTEST_S (180), MOE_CHECK_SANITIZER_S (100 per tool),
-# MOE_CHECK_SANITIZER_NCCL_S (60), MOE_CHECK_BENCH_S (150); a step that hits its cap is
-# reported as such. `tests` then fits 10 minutes with a build of a few minutes, `extra` too.
+# MOE_CHECK_RACECHECK_S (300), MOE_CHECK_SANITIZER_NCCL_S (60), MOE_CHECK_BENCH_S (150); a
+# step that hits its cap is reported as such. On an H200 (2026-11-26) the build took 100 s on
+# 16 cores, ctest 94 s, the benchmarks 30 s, memcheck 42 s, synccheck 32 s, the NCCL memcheck
+# 22 s, racecheck about 4 minutes: `all` fits 10 minutes with MOE_CHECK_RACECHECK_S=200 or
+# less; `tests` and `extra` each fit on their own.
 # doctest and Google Benchmark come from the system, or from .deps/ (scripts/bring_deps.sh).
 #
 #   bash scripts/gpu_check.sh [REPORT_DIR [PHASE]]   (REPORT_DIR: $OUT if set, else ./gpu-report)
@@ -136,10 +139,13 @@ for tool in "${tools[@]}"; do
   section "compute-sanitizer --tool $tool (gpu tests)"
   if [[ -z "$sanitizer" ]]; then echo "compute-sanitizer not found" >> "$report"; end_section; continue; fi
   # The exhaustive conversion sweeps would take hours under the sanitizer: stride them.
-  MOE_TEST_FLOAT_STRIDE=65521 timeout "${MOE_CHECK_SANITIZER_S:-100}" "$sanitizer" --tool "$tool" \
+  # racecheck is the slow one (about 4 minutes for the whole binary on an H200): its own cap.
+  cap="${MOE_CHECK_SANITIZER_S:-100}"
+  [[ $tool == racecheck ]] && cap="${MOE_CHECK_RACECHECK_S:-300}"
+  MOE_TEST_FLOAT_STRIDE=65521 timeout "$cap" "$sanitizer" --tool "$tool" \
     --error-exitcode 99 "$build/tests/moe_cuda_tests" > "$out/sanitizer-$tool.log" 2>&1
   rc=$?
-  [[ $rc == 124 ]] && echo "stopped at the ${MOE_CHECK_SANITIZER_S:-100} s cap" >> "$report"
+  [[ $rc == 124 ]] && echo "stopped at the $cap s cap" >> "$report"
   [[ $rc != 0 && $rc != 124 ]] && failed=1
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test cases|assertions" "$out/sanitizer-$tool.log" \
     >> "$report"
@@ -149,7 +155,11 @@ done
 if want tests; then
 section "compute-sanitizer --tool memcheck (the CUDA layer over NCCL)"
 if [[ -n "$sanitizer" && -x "$build/tests/moe_nccl_tests" ]]; then
+  # --report-api-errors no: ncclCommInitRank asks cudaFuncGetAttributes about NCCL's kernels
+  # built for other architectures and handles the cudaErrorNoKernelImageForDevice it gets (20
+  # such "errors" on an H200, 2026-11-26); moe's own CUDA calls are checked by the tests.
   timeout "${MOE_CHECK_SANITIZER_NCCL_S:-60}" "$sanitizer" --tool memcheck --error-exitcode 99 \
+    --report-api-errors no \
     "$build/tests/moe_nccl_tests" --source-file='*test_layer_nccl.cu' \
     > "$out/sanitizer-memcheck-nccl.log" 2>&1
   rc=$?

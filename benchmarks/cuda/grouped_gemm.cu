@@ -5,8 +5,16 @@
 // reports an error.
 //
 //   BM_grouped_gemm_cuda<op>   the FFN's first layer (N = F, K = H, identity epilogue) over E
-//       experts with M = tokens·top-k rows split evenly: forward y = x·W_eᵀ, dgrad
-//       dx = dy·W_e, wgrad dW_e = dy_eᵀ·x_e. 2·M·F·H FLOP each. Args: E, M, H, F.
+//       experts with M = E · rows-per-expert rows: forward y = x·W_eᵀ, dgrad dx = dy·W_e,
+//       wgrad dW_e = dy_eᵀ·x_e. 2·M·F·H FLOP each. Args: E, H, F, rows per expert (≈16 few,
+//       128 medium, 1024 many), skewed (0: every expert gets the same rows; 1: expert e gets
+//       M/2^(e+1) rows and the last one the rest — most experts empty at E ≥ 64, the host
+//       benchmark's skew). Shapes, from the models they stand for:
+//         Mixtral 8x7B           E = 8,   H = 4096, F = 14336 (top-2)
+//         DeepSeek-V2-Lite       E = 64,  H = 2048, F = 1408  (top-6)
+//         DeepSeek-V3            E = 256, H = 7168, F = 2048  (top-8)
+//         DeepSpeed-MoE 1.3B     E = 128, H = 2048, F = 8192  (top-1)
+//       (top-k sets how many tokens give those rows: T = M / k; it does not change the GEMM.)
 // Counters: flop_per_second; dense_fraction, of one cuBLAS bf16 GEMM (cublasGemmEx, fp32
 // compute) of the same M × F × H measured once per shape in the same run (a grouped GEMM
 // cannot beat the dense GEMM of its FLOPs on a balanced split); peak_fraction, of the
@@ -52,7 +60,7 @@ bool fill(X* out, i64 n, std::uint64_t seed, float* scratch, i64 chunk) {
 }
 
 /// Best-of-10 FLOP/s of one dense cuBLAS GEMM C[M, N] = A[M, K]·B[N, K]ᵀ (bf16, fp32 compute).
-double dense_rate(i64 m, i64 n, i64 k) {
+double dense_rate(i64 m, i64 n, i64 k, float* scratch, i64 chunk) {
   static std::map<std::tuple<i64, i64, i64>, double> cache;
   auto const key = std::make_tuple(m, n, k);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
@@ -68,8 +76,12 @@ double dense_rate(i64 m, i64 n, i64 k) {
                  CUDA_R_16BF, static_cast<int>(k), &zero, c.p, CUDA_R_16BF, static_cast<int>(n),
                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   };
-  cudaMemset(a.p, 0x3c, static_cast<std::size_t>(m * k) * sizeof(X));
-  cudaMemset(b.p, 0x3c, static_cast<std::size_t>(n * k) * sizeof(X));
+  // Random operands: constant ones would flatter the yardstick (METHOD: zeros ran a bf16 GEMM
+  // 13 % faster on an H200).
+  if (!fill(a.p, m * k, 7, scratch, chunk) || !fill(b.p, n * k, 8, scratch, chunk)) {
+    cublasDestroy(h);
+    return 0;
+  }
   gemm();
   cudaEvent_t start{}, stop{};
   cudaEventCreate(&start);
@@ -100,7 +112,9 @@ enum class gemm_op { forward, dgrad, wgrad };
 template <gemm_op Op>
 void BM_grouped_gemm_cuda(benchmark::State& state) {
   if (!have_device(state)) return;
-  i64 const E = state.range(0), M = state.range(1), H = state.range(2), F = state.range(3);
+  i64 const E = state.range(0), H = state.range(1), F = state.range(2);
+  i64 const M = E * state.range(3);
+  bool const skewed = state.range(4) != 0;
   buffer<X> x(M * H), w(E * F * H), dy(M * F), y(M * F), dx(M * H);
   buffer<float> dw(E * F * H), scratch(i64{1} << 24);
   buffer<i64> off(E + 1);
@@ -109,8 +123,9 @@ void BM_grouped_gemm_cuda(benchmark::State& state) {
     state.SkipWithError("cudaMalloc failed");
     return;
   }
-  std::vector<i64> h_off(static_cast<std::size_t>(E + 1));
-  for (i64 e = 0; e <= E; ++e) h_off[static_cast<std::size_t>(e)] = e * M / E;
+  std::vector<i64> h_off{0};
+  for (i64 e = 0; e < E; ++e)
+    h_off.push_back(h_off.back() + (!skewed ? M / E : e + 1 < E ? M >> (e + 1) : M - h_off.back()));
   cudaMemcpy(off.p, h_off.data(), h_off.size() * sizeof(i64), cudaMemcpyHostToDevice);
   if (!fill(x.p, M * H, 1, scratch.p, i64{1} << 24) || !fill(w.p, E * F * H, 2, scratch.p, i64{1} << 24) ||
       !fill(dy.p, M * F, 3, scratch.p, i64{1} << 24)) {
@@ -135,7 +150,7 @@ void BM_grouped_gemm_cuda(benchmark::State& state) {
                                               .dw = dw.p});
   };
   double const flops = 2.0 * static_cast<double>(M) * static_cast<double>(F) * static_cast<double>(H);
-  double const dense = dense_rate(M, F, H), peak = tensor_peak();
+  double const dense = dense_rate(M, F, H, scratch.p, i64{1} << 24), peak = tensor_peak();
   double const bytes =  // operands read and the result written once
       Op == gemm_op::wgrad
           ? 2.0 * static_cast<double>(M * H + M * F) + 4.0 * static_cast<double>(E * F * H)
@@ -153,14 +168,14 @@ void BM_grouped_gemm_cuda(benchmark::State& state) {
   state.counters["dense_flop_per_second"] = dense;
 }
 
-/// E ∈ {8, 64}; M = tokens·top-k ∈ {16k, 64k}; (H, F) ∈ {(1024, 4096), (4096, 1408)}.
+/// The model shapes of the file comment × rows per expert {16, 128, 1024} × {uniform, skewed}.
 void shapes(benchmark::internal::Benchmark* b) {
-  for (i64 e : {8, 64})
-    for (i64 m : {16384, 65536}) {
-      b->Args({e, m, 1024, 4096});
-      b->Args({e, m, 4096, 1408});
-    }
-  b->ArgNames({"E", "M", "H", "F"})->UseManualTime();
+  constexpr i64 models[][3] = {{8, 4096, 14336}, {64, 2048, 1408}, {256, 7168, 2048},
+                               {128, 2048, 8192}};
+  for (auto const& m : models)
+    for (i64 rows : {16, 128, 1024})
+      for (i64 skewed : {0, 1}) b->Args({m[0], m[1], m[2], rows, skewed});
+  b->ArgNames({"E", "H", "F", "rows_per_expert", "skewed"})->UseManualTime();
 }
 
 }  // namespace

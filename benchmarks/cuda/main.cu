@@ -346,8 +346,12 @@ constexpr moe::config route_bench_config{.experts = E,
                                          .norm = moe::normalization::renormalize};
 constexpr moe::config route_e8_k1 = route_bench_config<8, 1>;
 constexpr moe::config route_e8_k2 = route_bench_config<8, 2>;
+constexpr moe::config route_e8_k8 = route_bench_config<8, 8>;
+constexpr moe::config route_e64_k1 = route_bench_config<64, 1>;
 constexpr moe::config route_e64_k2 = route_bench_config<64, 2>;
 constexpr moe::config route_e64_k8 = route_bench_config<64, 8>;
+constexpr moe::config route_e256_k1 = route_bench_config<256, 1>;
+constexpr moe::config route_e256_k2 = route_bench_config<256, 2>;
 constexpr moe::config route_e256_k8 = route_bench_config<256, 8>;
 
 template <moe::config C>
@@ -419,10 +423,15 @@ void route_tokens(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
+// The issue-3 grid: E ∈ {8, 64, 256} × K ∈ {1, 2, 8}, T ∈ {4096, 16384, 65536}.
 BENCHMARK(BM_route_cuda<route_e8_k1>)->Apply(route_tokens);
 BENCHMARK(BM_route_cuda<route_e8_k2>)->Apply(route_tokens);
+BENCHMARK(BM_route_cuda<route_e8_k8>)->Apply(route_tokens);
+BENCHMARK(BM_route_cuda<route_e64_k1>)->Apply(route_tokens);
 BENCHMARK(BM_route_cuda<route_e64_k2>)->Apply(route_tokens);
 BENCHMARK(BM_route_cuda<route_e64_k8>)->Apply(route_tokens);
+BENCHMARK(BM_route_cuda<route_e256_k1>)->Apply(route_tokens);
+BENCHMARK(BM_route_cuda<route_e256_k2>)->Apply(route_tokens);
 BENCHMARK(BM_route_cuda<route_e256_k8>)->Apply(route_tokens);
 // ---- end router --------------------------------------------------------------------------------
 

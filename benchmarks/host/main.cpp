@@ -531,10 +531,15 @@ void route_sizes(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
+// E ∈ {8, 64, 256} × K ∈ {1, 2, 8}, T ∈ {4096, 16384, 65536}.
 BENCHMARK(BM_route<route_config<8, 1>>)->Apply(route_sizes);
 BENCHMARK(BM_route<route_config<8, 2>>)->Apply(route_sizes);
+BENCHMARK(BM_route<route_config<8, 8>>)->Apply(route_sizes);
+BENCHMARK(BM_route<route_config<64, 1>>)->Apply(route_sizes);
 BENCHMARK(BM_route<route_config<64, 2>>)->Apply(route_sizes);
 BENCHMARK(BM_route<route_config<64, 8>>)->Apply(route_sizes);
+BENCHMARK(BM_route<route_config<256, 1>>)->Apply(route_sizes);
+BENCHMARK(BM_route<route_config<256, 2>>)->Apply(route_sizes);
 BENCHMARK(BM_route<route_config<256, 8>>)->Apply(route_sizes);
 BENCHMARK(BM_route<route_config<8, 2>>)->Arg(1024);  // the smoke test's /1024$ row
 // ---- end router ----------------------------------------------------------------------------------
