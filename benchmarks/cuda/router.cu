@@ -150,7 +150,8 @@ void BM_router_gemm(benchmark::State& state) {
   p.training = true;
   p.seed = 5;
   moe::router_jitter const jitter{.eps = state.range(1) != 0 ? 0.01f : 0.0f};
-  std::size_t const ws_bytes = moe::router_gemm_backward_workspace_bytes<C>(p);
+  std::size_t const ws_bytes = Forward ? moe::router_gemm_workspace_bytes<C>(p)
+                                       : moe::router_gemm_backward_workspace_bytes<C>(p);
   X* const x = alloc<X>(T * H);
   X* const dx = Forward ? nullptr : alloc<X>(T * H);
   X* const w = alloc<X>(H * E);

@@ -7,7 +7,9 @@
 // random. Bounds: fp32 1e-4 · max|ref| (GEMM sums of ~100 terms in different orders, about
 // 100 · 6e-8 relative, and the chain of FFN layers); bf16 2e-2 · max|ref| (intermediates are
 // stored in bf16, u = 3.9e-3, so one rounding that lands differently moves a value by an ulp);
-// fp64 1e-10 (below). Every run is on a non-blocking stream.
+// fp64 1e-10 (below). Every run is on a non-blocking stream. The step is also captured in a
+// CUDA graph (zero_grad, forward, backward: no synchronisation, allocation or host read inside)
+// and replayed over poisoned outputs and gradients: the replay's bits equal the eager run's.
 #include <doctest/doctest.h>
 
 #include <algorithm>  // std::max
@@ -76,12 +78,37 @@ void compare_layers(moe::layer_shape shape, std::int64_t T, double tol) {
   cudaStream_t stream = nullptr;
   MOE_REQUIRE_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   auto const on = moe::cuda_on(stream);
-  for (int run = 0; run < 2; ++run) {
-    MOE_REQUIRE_OK(dev.zero_grad(on));
-    MOE_REQUIRE_OK(dev.forward(on, p,
-                               {dx_in.data(), dy_out.data(), dstats.data(), nullptr, bad.data()},
-                               dws.data(), db));
-    MOE_REQUIRE_OK(dev.backward(on, p, {dx_in.data(), ddy.data(), ddx.data()}, dws.data(), db));
+  // Runs 0 and 1 eager, run 2 a CUDA graph of the same step.
+  for (int run = 0; run < 3; ++run) {
+    bool const graph = run == 2;
+    if (graph) {
+      if (!x.empty()) {
+        MOE_REQUIRE_CUDA(cudaMemset(dy_out.data(), 0xff, x.size() * sizeof(A)));
+        MOE_REQUIRE_CUDA(cudaMemset(ddx.data(), 0xff, x.size() * sizeof(A)));
+      }
+      MOE_REQUIRE_CUDA(cudaMemset(dev.flat_grads(), 0x7f, static_cast<std::size_t>(n) * sizeof(G)));
+      MOE_REQUIRE_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    }
+    moe::status s = dev.zero_grad(on);
+    if (s.ok())
+      s = dev.forward(on, p, {dx_in.data(), dy_out.data(), dstats.data(), nullptr, bad.data()},
+                      dws.data(), db);
+    if (s.ok()) s = dev.backward(on, p, {dx_in.data(), ddy.data(), ddx.data()}, dws.data(), db);
+    if (graph) {  // end the capture before any REQUIRE can leave the stream capturing
+      cudaGraph_t g = nullptr;
+      cudaError_t const end = cudaStreamEndCapture(stream, &g);
+      MOE_REQUIRE_OK(s);
+      REQUIRE_MESSAGE(end == cudaSuccess, "cudaStreamEndCapture: " << cudaGetErrorName(end));
+      cudaGraphExec_t exec = nullptr;
+      cudaError_t const made = cudaGraphInstantiate(&exec, g, 0);
+      cudaError_t const ran = made == cudaSuccess ? cudaGraphLaunch(exec, stream) : made;
+      cudaError_t const done = cudaStreamSynchronize(stream);
+      if (exec != nullptr) cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(g);
+      REQUIRE_MESSAGE(ran == cudaSuccess, "cudaGraphLaunch: " << cudaGetErrorName(ran));
+      REQUIRE_MESSAGE(done == cudaSuccess, "graph replay: " << cudaGetErrorName(done));
+    }
+    MOE_REQUIRE_OK(s);
     MOE_REQUIRE_CUDA(cudaStreamSynchronize(stream));
     std::vector<G> grads(static_cast<std::size_t>(n));
     MOE_REQUIRE_CUDA(cudaMemcpy(grads.data(), dev.flat_grads(), grads.size() * sizeof(G),

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // router_gemm and router_gemm_backward on the GPU against the host backend, for every compiled
-// config (E = 4, 8, 64; fp32, bf16 and fp64), ragged H (1, 13, 100, 257) and T (0 … 5000, so
-// wgrad runs both in one pass and split over T into the workspace), jitter off, from Philox,
+// config (E = 4, 8, 64; fp32, bf16 and fp64), ragged H (1, 13, 100, 257, 2100) and T (0 … 5000,
+// so wgrad runs both in one pass and split over T into the workspace, and the forward both in
+// one pass and split over H — up to 15 chunks, the last one short), jitter off, from Philox,
 // from the caller's tensor, and in evaluation. Tolerances:
 //   - small-integer inputs (every product and sum exact in the accumulation type): logits, dx
 //     and dW_g bitwise equal to the host's;
@@ -134,9 +135,11 @@ gemm_run<C> run_device(gemm_run<C> const& r, std::vector<float> const& u) {
   if (!u.empty()) du.upload(u);
   moe::router_jitter j = r.jitter;
   j.u = u.empty() ? nullptr : du.data();
-  std::size_t const ws_bytes = moe::router_gemm_backward_workspace_bytes<C>(r.p);
+  std::size_t const fwd_bytes = moe::router_gemm_workspace_bytes<C>(r.p);
+  std::size_t const bwd_bytes = moe::router_gemm_backward_workspace_bytes<C>(r.p);
+  std::size_t const ws_bytes = fwd_bytes > bwd_bytes ? fwd_bytes : bwd_bytes;
   moe::test::device_vector<unsigned char> ws(ws_bytes);
-  MOE_REQUIRE_OK(moe::router_gemm(moe::cuda_on(nullptr), r.p,
+  MOE_REQUIRE_OK(moe::router_gemm(moe::cuda_on(nullptr, ws.data(), ws_bytes), r.p,
                                   moe::router_gemm_args<C>{x.data(), w.data(), logits.data(), j}));
   MOE_REQUIRE_OK(moe::router_gemm_backward(
       moe::cuda_on(nullptr, ws.data(), ws_bytes), r.p,
@@ -234,7 +237,8 @@ template <moe::config C>
 void sweep(std::uint64_t seed) {
   compare<C>(0, 13, jitter_mode::off, false, seed++);
   for (auto [T, H] :
-       {std::pair<std::int64_t, std::int64_t>{1, 1}, {37, 13}, {300, 100}, {5000, 257}})
+       {std::pair<std::int64_t, std::int64_t>{1, 1}, {37, 13}, {300, 100}, {5000, 257},
+        {64, 2100}})
     compare<C>(T, H, jitter_mode::off, true, seed++);
   for (jitter_mode jm :
        {jitter_mode::off, jitter_mode::philox, jitter_mode::caller, jitter_mode::eval})
@@ -262,6 +266,7 @@ TEST_CASE("router_gemm(cuda): T = 0, bad arguments and a short workspace come ba
   CHECK(moe::router_gemm_backward(moe::cuda_on(nullptr), p, moe::router_gemm_backward_args<c>{})
             .ok());
   CHECK(moe::router_gemm_backward_workspace_bytes<c>(p) == 0);
+  CHECK(moe::router_gemm_workspace_bytes<c>(p) == 0);
   p.tokens = 4;
   moe::status const s = moe::router_gemm(moe::cuda_on(nullptr), p, moe::router_gemm_args<c>{});
   CHECK(s.code() == moe::errc::invalid_argument);
@@ -270,11 +275,26 @@ TEST_CASE("router_gemm(cuda): T = 0, bad arguments and a short workspace come ba
   CHECK(std::string(
             moe::router_gemm(moe::cuda_on(nullptr), p, moe::router_gemm_args<c>{}).message()) ==
         "problem.hidden: expected H >= 1, got 0");
-  // T = 5000, H = 100, E = 8: wgrad splits T, so it needs a workspace.
+  // T = 37, H = 1000, E = 8: one output tile, so the forward splits H into 8 chunks of 128.
+  p.tokens = 37;
+  p.hidden = 1000;
+  CHECK(moe::router_gemm_workspace_bytes<c>(p) == 8u * 37u * 8u * sizeof(float));
+  {
+    static float fx[37 * 1000], fw[1000 * 8], logits[37 * 8];
+    moe::status const fs = moe::router_gemm(moe::cuda_on(nullptr, nullptr, 0), p,
+                                            moe::router_gemm_args<c>{fx, fw, logits, {}});
+    CHECK(fs.code() == moe::errc::workspace_too_small);
+    CHECK(std::string(fs.message()) ==
+          "cuda_policy.workspace_bytes: router_gemm needs 9472 bytes "
+          "(router_gemm_workspace_bytes), got 0");
+  }
+  // T = 5000, H = 100, E = 8: wgrad splits T into 16 chunks of 313 tokens, so it needs a
+  // workspace; the forward, 20 tiles over one chunk of H = 100, does not.
   p.tokens = 5000;
   p.hidden = 100;
+  CHECK(moe::router_gemm_workspace_bytes<c>(p) == 0);
   std::size_t const need = moe::router_gemm_backward_workspace_bytes<c>(p);
-  CHECK(need == 3u * 100u * 8u * sizeof(float));
+  CHECK(need == 16u * 100u * 8u * sizeof(float));
   static float x[5000 * 100], w[100 * 8], dl[5000 * 8], dx[5000 * 100], dw[100 * 8];
   moe::status const ws =
       moe::router_gemm_backward(moe::cuda_on(nullptr, nullptr, 0), p,

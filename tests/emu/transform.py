@@ -4,8 +4,10 @@
 
 Three rewrites, nothing else changes:
   kernel<<<grid, block[, smem[, stream]]>>>(args)
-      -> ::moe_emu::launch([&](auto&&... a) { kernel(a...); }, grid, block[, smem[, stream]])(args)
-      (a generic lambda, so that template arguments are deduced from the call as with <<<>>>)
+      -> ::moe_emu::launch([=](auto&&... a) { kernel(a...); }, grid, block[, smem[, stream]])(args)
+      (a generic lambda, so that template arguments are deduced from the call as with <<<>>>;
+      capturing by copy, since a CUDA graph replays the launch after the launching frame is
+      gone — `auto const k = kernel<P>; k<<<...>>>` names a local)
   extern __shared__ [__align__(n)] T name[];
       -> T* const name = static_cast<T*>(::moe_emu::dynamic_smem());
   __shared__ [__align__(n)] T a[m], b;   (a statement starting its line)
@@ -140,7 +142,7 @@ def rewrite(src):
             raise ValueError("overlapping launches")
         out.append(src[pos:start])
         kernel = src[start:j].strip()
-        out.append("::moe_emu::launch([&](auto&&... moe_emu_args) { %s(moe_emu_args...); }, %s)" %
+        out.append("::moe_emu::launch([=](auto&&... moe_emu_args) { %s(moe_emu_args...); }, %s)" %
                    (kernel, src[j + 3:close].strip()))
         pos = close + 3
     out.append(src[pos:])

@@ -7,7 +7,10 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <new>
+#include <vector>
 
 #include "moe_emu/emu.hpp"
 
@@ -18,6 +21,8 @@ enum cudaError_t {
   cudaErrorInsufficientDriver = 35,
   cudaErrorLaunchFailure = 719,
   cudaErrorInvalidConfiguration = 9,
+  cudaErrorStreamCaptureUnsupported = 900,
+  cudaErrorStreamCaptureInvalidated = 901,
 };
 using cudaError = cudaError_t;
 
@@ -50,6 +55,21 @@ struct CUevent_st {
 };
 using cudaStream_t = CUstream_st*;
 using cudaEvent_t = CUevent_st*;
+
+/// A captured graph and its executable form: the recorded work, in order (moe_emu/emu.hpp).
+struct CUgraph_st {
+  std::vector<std::function<void()>> ops;
+};
+struct CUgraphExec_st {
+  std::vector<std::function<void()>> ops;
+};
+using cudaGraph_t = CUgraph_st*;
+using cudaGraphExec_t = CUgraphExec_st*;
+enum cudaStreamCaptureMode {
+  cudaStreamCaptureModeGlobal = 0,
+  cudaStreamCaptureModeThreadLocal = 1,
+  cudaStreamCaptureModeRelaxed = 2
+};
 
 constexpr unsigned cudaStreamNonBlocking = 1;
 constexpr unsigned cudaEventDisableTiming = 2;
@@ -91,6 +111,10 @@ inline char const* cudaGetErrorString(cudaError_t e) {
       return "out of memory";
     case cudaErrorInvalidConfiguration:
       return "invalid configuration argument";
+    case cudaErrorStreamCaptureUnsupported:
+      return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+      return "operation failed due to a previous error during capture";
     default:
       return "unspecified emulator error";
   }
@@ -105,6 +129,10 @@ inline char const* cudaGetErrorName(cudaError_t e) {
       return "cudaErrorMemoryAllocation";
     case cudaErrorInvalidConfiguration:
       return "cudaErrorInvalidConfiguration";
+    case cudaErrorStreamCaptureUnsupported:
+      return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated:
+      return "cudaErrorStreamCaptureInvalidated";
     default:
       return "cudaErrorUnknown";
   }
@@ -182,6 +210,7 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, F*, int thread
 
 inline cudaError_t cudaMalloc(void** p, std::size_t bytes) {
   *p = nullptr;
+  if (moe_emu::capture_forbids()) return cudaErrorStreamCaptureUnsupported;
   if (bytes == 0) return cudaSuccess;
   // 256-byte aligned as the device's, and exactly `bytes` long, so that AddressSanitizer sees
   // the end of the buffer.
@@ -196,27 +225,35 @@ cudaError_t cudaMalloc(T** p, std::size_t bytes) {
   return cudaMalloc(reinterpret_cast<void**>(p), bytes);
 }
 inline cudaError_t cudaFree(void* p) {
+  if (moe_emu::capture_forbids()) return cudaErrorStreamCaptureUnsupported;
   std::free(p);
   return cudaSuccess;
 }
 inline cudaError_t cudaMemcpy(void* dst, void const* src, std::size_t bytes, cudaMemcpyKind) {
+  if (moe_emu::capture_forbids()) return cudaErrorStreamCaptureUnsupported;
   if (bytes > 0 && (dst == nullptr || src == nullptr)) return cudaErrorInvalidValue;
   if (bytes > 0) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void* dst, void const* src, std::size_t bytes, cudaMemcpyKind k,
+inline cudaError_t cudaMemcpyAsync(void* dst, void const* src, std::size_t bytes, cudaMemcpyKind,
                                    cudaStream_t = nullptr) {
-  return cudaMemcpy(dst, src, bytes, k);
+  if (bytes > 0 && (dst == nullptr || src == nullptr)) return cudaErrorInvalidValue;
+  if (bytes > 0) moe_emu::enqueue([=] { std::memmove(dst, src, bytes); });
+  return cudaSuccess;
 }
 inline cudaError_t cudaMemset(void* p, int v, std::size_t bytes) {
+  if (moe_emu::capture_forbids()) return cudaErrorStreamCaptureUnsupported;
   if (bytes > 0 && p == nullptr) return cudaErrorInvalidValue;
   if (bytes > 0) std::memset(p, v, bytes);
   return cudaSuccess;
 }
 inline cudaError_t cudaMemsetAsync(void* p, int v, std::size_t bytes, cudaStream_t = nullptr) {
-  return cudaMemset(p, v, bytes);
+  if (bytes > 0 && p == nullptr) return cudaErrorInvalidValue;
+  if (bytes > 0) moe_emu::enqueue([=] { std::memset(p, v, bytes); });
+  return cudaSuccess;
 }
 inline cudaError_t cudaDeviceSynchronize() {
+  if (moe_emu::capture_forbids()) return cudaErrorStreamCaptureUnsupported;
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamCreate(cudaStream_t* s) {
@@ -231,6 +268,7 @@ inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  if (moe_emu::capture_forbids()) return cudaErrorStreamCaptureUnsupported;
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned = 0) {
@@ -252,9 +290,51 @@ inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr) {
   return cudaSuccess;
 }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t) {
+  if (moe_emu::capture_forbids()) return cudaErrorStreamCaptureUnsupported;
   return cudaSuccess;
 }
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
   *ms = static_cast<float>(b->ms - a->ms);
+  return cudaSuccess;
+}
+
+// ---- CUDA graphs: stream capture records the stream's work (moe_emu/emu.hpp) -------------------
+// One capture at a time, of a stream created by the program (the legacy stream cannot be
+// captured); which stream a piece of work names is not tracked, as every operation here runs in
+// issue order anyway.
+inline cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+  if (s == nullptr) return cudaErrorStreamCaptureUnsupported;
+  if (moe_emu::capture_ops != nullptr) return cudaErrorInvalidValue;
+  moe_emu::capture_ops = new std::vector<std::function<void()>>();
+  moe_emu::capture_invalid = false;
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* g) {
+  *g = nullptr;
+  if (moe_emu::capture_ops == nullptr) return cudaErrorInvalidValue;
+  std::unique_ptr<std::vector<std::function<void()>>> ops(moe_emu::capture_ops);
+  moe_emu::capture_ops = nullptr;
+  if (moe_emu::capture_invalid) return cudaErrorStreamCaptureInvalidated;
+  *g = new CUgraph_st{std::move(*ops)};
+  return cudaSuccess;
+}
+inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* e, cudaGraph_t g,
+                                        unsigned long long = 0) {
+  *e = nullptr;
+  if (g == nullptr) return cudaErrorInvalidValue;
+  *e = new CUgraphExec_st{g->ops};
+  return cudaSuccess;
+}
+inline cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t) {
+  if (e == nullptr) return cudaErrorInvalidValue;
+  for (auto const& op : e->ops) moe_emu::enqueue(op);
+  return cudaSuccess;
+}
+inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) {
+  delete e;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+  delete g;
   return cudaSuccess;
 }

@@ -14,9 +14,10 @@
 // tile shape follows N: narrow tiles (BN = 8, 16) for small E so no work is wasted on padding.
 //
 // Determinism: every output element is one running sum (one fma per term, k ascending) owned
-// by one thread, so nothing depends on scheduling. wgrad, whose depth is T, splits T into S
-// chunks fixed by (T, H, E) alone — never by the GPU — writes each chunk's partial sums to the
-// workspace, and router_gemm_reduce_kernel adds them to dW_g in chunk order. No atomics.
+// by one thread, so nothing depends on scheduling. When the output tiles are too few to fill
+// a GPU (wgrad's depth T; the forward's depth H at small T·E), the depth is split into S
+// chunks fixed by (T, H, E) alone — never by the GPU —, each chunk's partial sums go to the
+// workspace, and router_gemm_reduce_kernel adds them in chunk order. No atomics.
 #pragma once
 
 #include <cstdint>      // std::int64_t, std::uint64_t
@@ -228,14 +229,15 @@ __global__ void __launch_bounds__(Tile::threads)
     }
 }
 
-/// dW[i] += partial[0][i] + partial[1][i] + ... (chunk order, continuing dW's running sum).
-template <class A>
+/// out[i] = (Accumulate ? out[i] : 0) + partial[0][i] + partial[1][i] + ... in chunk order:
+/// wgrad continues dW's running sum, the forward's split writes the logits.
+template <class A, bool Accumulate>
 __global__ void router_gemm_reduce_kernel(A const* __restrict__ partial, std::int64_t elems,
                                           std::int64_t chunks, A* __restrict__ dw) {
   std::int64_t const stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < elems;
        i += stride) {
-    A s = dw[i];
+    A s = Accumulate ? dw[i] : A{0};
     for (std::int64_t c = 0; c < chunks; ++c) s += partial[c * elems + i];
     dw[i] = s;
   }

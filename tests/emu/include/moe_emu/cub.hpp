@@ -113,8 +113,10 @@ struct DeviceRadixSort {
     if (emu_detail::temp_query(temp, bytes, static_cast<long long>(n), err, "SortPairs"))
       return err;
     if (emu_detail::bad_bits(begin_bit, end_bit, sizeof(K))) return cudaErrorInvalidValue;
-    emu_detail::sort_pairs(keys_in, keys_out, vals_in, vals_out, static_cast<long long>(n),
-                           begin_bit, end_bit);
+    moe_emu::enqueue([=] {
+      emu_detail::sort_pairs(keys_in, keys_out, vals_in, vals_out, static_cast<long long>(n),
+                             begin_bit, end_bit);
+    });
     return cudaSuccess;
   }
   /// The sorted pairs go to the alternate buffers, the selectors flip and the old buffers are
@@ -128,11 +130,13 @@ struct DeviceRadixSort {
     if (emu_detail::temp_query(temp, bytes, static_cast<long long>(n), err, "SortPairs"))
       return err;
     if (emu_detail::bad_bits(begin_bit, end_bit, sizeof(K))) return cudaErrorInvalidValue;
-    emu_detail::sort_pairs(keys.Current(), keys.Alternate(), vals.Current(), vals.Alternate(),
-                           static_cast<long long>(n), begin_bit, end_bit);
-    // CUB may leave garbage in either buffer: the input buffers' old contents are gone.
-    std::memset(keys.Current(), 0xa5, static_cast<std::size_t>(n) * sizeof(K));
-    std::memset(vals.Current(), 0xa5, static_cast<std::size_t>(n) * sizeof(V));
+    moe_emu::enqueue([kc = keys.Current(), ka = keys.Alternate(), vc = vals.Current(),
+                      va = vals.Alternate(), n, begin_bit, end_bit] {
+      emu_detail::sort_pairs(kc, ka, vc, va, static_cast<long long>(n), begin_bit, end_bit);
+      // CUB may leave garbage in either buffer: the input buffers' old contents are gone.
+      std::memset(kc, 0xa5, static_cast<std::size_t>(n) * sizeof(K));
+      std::memset(vc, 0xa5, static_cast<std::size_t>(n) * sizeof(V));
+    });
     keys.selector ^= 1;
     vals.selector ^= 1;
     return cudaSuccess;
@@ -158,14 +162,16 @@ struct DeviceScan {
                           bool inclusive) {
     cudaError_t err;
     if (emu_detail::temp_query(temp, bytes, n, err, "DeviceScan")) return err;
-    using A = std::decay_t<decltype(in[0])>;
-    A sum{};
-    for (long long i = 0; i < n; ++i) {
-      A const v = in[i];
-      if (!inclusive) out[i] = sum;
-      sum = sum + v;
-      if (inclusive) out[i] = sum;
-    }
+    moe_emu::enqueue([=]() mutable {
+      using A = std::decay_t<decltype(in[0])>;
+      A sum{};
+      for (long long i = 0; i < n; ++i) {
+        A const v = in[i];
+        if (!inclusive) out[i] = sum;
+        sum = sum + v;
+        if (inclusive) out[i] = sum;
+      }
+    });
     return cudaSuccess;
   }
 };
@@ -179,17 +185,19 @@ struct DeviceHistogram {
     if (emu_detail::temp_query(temp, bytes, static_cast<long long>(n), err, "HistogramEven"))
       return err;
     if (num_levels < 2 || !(lower < upper)) return cudaErrorInvalidValue;
-    int const bins = num_levels - 1;
-    for (int b = 0; b < bins; ++b) hist[b] = 0;
-    for (long long i = 0; i < static_cast<long long>(n); ++i) {
-      auto const s = samples[i];
-      if (s < lower || !(s < upper)) continue;
-      long double const f =
-          static_cast<long double>(s - lower) * bins / static_cast<long double>(upper - lower);
-      int b = static_cast<int>(f);
-      if (b >= bins) b = bins - 1;
-      ++hist[b];
-    }
+    moe_emu::enqueue([=] {
+      int const bins = num_levels - 1;
+      for (int b = 0; b < bins; ++b) hist[b] = 0;
+      for (long long i = 0; i < static_cast<long long>(n); ++i) {
+        auto const s = samples[i];
+        if (s < lower || !(s < upper)) continue;
+        long double const f =
+            static_cast<long double>(s - lower) * bins / static_cast<long double>(upper - lower);
+        int b = static_cast<int>(f);
+        if (b >= bins) b = bins - 1;
+        ++hist[b];
+      }
+    });
     return cudaSuccess;
   }
 };

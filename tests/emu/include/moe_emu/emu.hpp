@@ -39,6 +39,7 @@
 #include <functional>
 #include <memory>
 #include <new>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -670,7 +671,33 @@ inline void cp_async_wait(int n) {
 
 inline int last_error = 0;
 
-/// A launch: `fn`, a callable that calls the kernel with the arguments it is given.
+// ---- stream capture (CUDA graphs) -----------------------------------------------------------
+// While a stream is captured, stream work (launches, async copies and sets, CUB calls) is
+// recorded instead of run, and cudaGraphLaunch runs the recording in order. What CUDA refuses
+// inside a capture — a synchronisation, a synchronous copy or set, an allocation or a free —
+// invalidates it, so cudaStreamEndCapture reports the error a real device would: the check that
+// a layer step really needs no host round trip.
+
+inline std::vector<std::function<void()>>* capture_ops = nullptr;
+inline bool capture_invalid = false;
+
+/// Runs `f` now, or records it while a stream is captured.
+inline void enqueue(std::function<void()> f) {
+  if (capture_ops != nullptr)
+    capture_ops->push_back(std::move(f));
+  else
+    f();
+}
+
+/// True (and the capture invalidated) when a stream is being captured: the caller must fail.
+inline bool capture_forbids() {
+  if (capture_ops == nullptr) return false;
+  capture_invalid = true;
+  return true;
+}
+
+/// A launch: `fn`, a callable that calls the kernel with the arguments it is given. Under
+/// capture the arguments are copied, as a graph's kernel node copies them.
 template <class F>
 struct launcher {
   F fn;
@@ -678,6 +705,14 @@ struct launcher {
   std::size_t smem;
   template <class... Args>
   void operator()(Args&&... args) const {
+    if (capture_ops != nullptr) {
+      capture_ops->push_back([fn = fn, grid = grid, blk = blk, smem = smem,
+                              saved = std::make_tuple(std::decay_t<Args>(args)...)] {
+        std::function<void()> const call = [&] { std::apply(fn, saved); };
+        if (run_grid(grid, blk, smem, call) != 0) last_error = 1;
+      });
+      return;
+    }
     std::function<void()> const call = [&] { fn(args...); };
     if (run_grid(grid, blk, smem, call) != 0) last_error = 1;
   }
