@@ -92,13 +92,21 @@ status cuda_route_layout_of(std::int64_t T, cuda_route_layout& L) noexcept {
   L.seqval = take(Tz * sizeof(double));  // one per sequence: at most T
   std::size_t s1 = 0, s2 = 0;
   int const n = static_cast<int>(R);
-  MOE_TRY(backend::cuda::from_cuda(
-      cub::DeviceRadixSort::SortPairs(nullptr, s1, static_cast<std::uint64_t const*>(nullptr),
-                                      static_cast<std::uint64_t*>(nullptr),
-                                      static_cast<std::int32_t const*>(nullptr),
-                                      static_cast<std::int32_t*>(nullptr), n, 0,
-                                      32 + cuda_bits_for(E)),
-      "route: CUB DeviceRadixSort workspace query"));
+  // The first sort walks prio_bits + log2 E bits (route_prio_bits: 0 to 32 by drop policy);
+  // the temporary storage is queried for every width it may take, and the largest kept.
+  int const widths[] = {
+      0, backend::cuda::route_prio_bits(backend::cuda::route_prio::k_then_t, C.top_k), 32};
+  for (int const pb : widths) {
+    std::size_t s = 0;
+    MOE_TRY(backend::cuda::from_cuda(
+        cub::DeviceRadixSort::SortPairs(nullptr, s, static_cast<std::uint64_t const*>(nullptr),
+                                        static_cast<std::uint64_t*>(nullptr),
+                                        static_cast<std::int32_t const*>(nullptr),
+                                        static_cast<std::int32_t*>(nullptr), n, 0,
+                                        pb + cuda_bits_for(E)),
+        "route: CUB DeviceRadixSort workspace query"));
+    s1 = s > s1 ? s : s1;
+  }
   MOE_TRY(backend::cuda::from_cuda(
       cub::DeviceRadixSort::SortPairs(nullptr, s2, static_cast<std::uint32_t const*>(nullptr),
                                       static_cast<std::uint32_t*>(nullptr),
@@ -244,15 +252,18 @@ template <config C>
   unsigned const rgrid = grid_for(R, block);
   std::uint64_t const rts_offset =
       opt.noise_offset + static_cast<std::uint64_t>(T) * static_cast<std::uint64_t>(E);
+  int const prio_bits = route_prio_bits(prio, K);
   route_sort_keys_kernel<><<<rgrid, block, 0, stream>>>(a.expert, gate, opt.rts_priority, p.seed,
-                                                      rts_offset, R, K, E, prio, keys, vals);
+                                                      rts_offset, R, K, E, prio, prio_bits, keys,
+                                                      vals);
   MOE_TRY(check_launch(stream, "route_sort_keys_kernel"));
   std::size_t temp_bytes = L.temp_bytes;
   int const n = static_cast<int>(R);
   MOE_CUDA_TRY(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys, keys_out, vals, vals_out, n,
-                                               0, 32 + detail::routing::cuda_bits_for(E), stream));
+                                               0, prio_bits + detail::routing::cuda_bits_for(E),
+                                               stream));
   route_mark_kernel<><<<rgrid, block, 0, stream>>>(keys_out, vals_out, a.counts, first, cap, R,
-                                                 dropless, rank_slots, a.slot, keys2);
+                                                 prio_bits, dropless, rank_slots, a.slot, keys2);
   MOE_TRY(check_launch(stream, "route_mark_kernel"));
   if (!rank_slots) {  // vals still holds 0, 1, ..., R-1: keys2 is in route order
     temp_bytes = L.temp_bytes;

@@ -308,6 +308,20 @@ __global__ void __launch_bounds__(32 * route_select_warps<E>)
 /// Drop priority of a route inside its expert (lower sorts first; stable sort keeps t order).
 enum class route_prio : std::uint8_t { k_then_t, t, gate, rts };
 
+/// Bits the priority takes in a sort key (the expert sits above them): none for token order,
+/// enough for k < top_k for (k, t) order, a whole float for the gate or the RTS draw. The
+/// radix sort then walks only those bits and the expert's: one 8-bit pass instead of five for
+/// position drops with E <= 32, K <= 8.
+__host__ __device__ constexpr int route_prio_bits(route_prio prio, std::int32_t top_k) {
+  if (prio == route_prio::t) return 0;
+  if (prio == route_prio::k_then_t) {
+    int b = 0;
+    while ((std::int64_t{1} << b) < top_k) ++b;
+    return b;
+  }
+  return 32;
+}
+
 /// Orderable bits of a float, descending: larger floats give smaller keys; -0 counts as +0.
 __device__ __forceinline__ std::uint32_t route_desc_bits(float f) {
   std::uint32_t const b = __float_as_uint(__fadd_rn(f, 0.0f));
@@ -315,13 +329,14 @@ __device__ __forceinline__ std::uint32_t route_desc_bits(float f) {
   return ~up;
 }
 
+/// keys[r] = (expert << prio_bits) | priority, vals[r] = r: the first sort's pairs.
 template <int = 0>
 __global__ void route_sort_keys_kernel(std::int32_t const* __restrict__ expert,
                                        float const* __restrict__ gate,
                                        float const* __restrict__ rts_in, std::uint64_t seed,
                                        std::uint64_t rts_offset, std::int64_t routes,
                                        std::int32_t top_k, std::int32_t experts, route_prio prio,
-                                       std::uint64_t* __restrict__ keys,
+                                       int prio_bits, std::uint64_t* __restrict__ keys,
                                        std::int32_t* __restrict__ vals) {
   std::int64_t const stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -341,7 +356,7 @@ __global__ void route_sort_keys_kernel(std::int32_t const* __restrict__ expert,
         break;
       }
     }
-    keys[r] = (static_cast<std::uint64_t>(static_cast<std::uint32_t>(e)) << 32) | pr;
+    keys[r] = (static_cast<std::uint64_t>(static_cast<std::uint32_t>(e)) << prio_bits) | pr;
     vals[r] = static_cast<std::int32_t>(r);
   }
 }
@@ -390,14 +405,15 @@ __global__ void route_mark_kernel(std::uint64_t const* __restrict__ keys,
                                   std::int32_t const* __restrict__ counts,
                                   std::int32_t const* __restrict__ first,
                                   std::int64_t const* __restrict__ cap_in, std::int64_t routes,
-                                  bool dropless, bool rank_slots, std::int32_t* __restrict__ slot,
+                                  int prio_bits, bool dropless, bool rank_slots,
+                                  std::int32_t* __restrict__ slot,
                                   std::uint32_t* __restrict__ keys2) {
   std::int64_t const cap = *cap_in;
   std::int64_t const stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        i < routes; i += stride) {
     std::int32_t const r = vals[i];
-    auto const e = static_cast<std::int32_t>(keys[i] >> 32);
+    auto const e = static_cast<std::int32_t>(keys[i] >> prio_bits);
     std::int64_t const rank = i - first[e];
     bool const kept = dropless || counts[e] <= cap || rank < cap;
     if (rank_slots) {
