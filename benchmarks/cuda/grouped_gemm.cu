@@ -32,6 +32,7 @@
 #include <vector>   // std::vector
 
 #include "common.cuh"  // have_device, time_on_device
+#include "../expert_rows.hpp"  // moe_bench::expert_row_offsets
 
 namespace {
 
@@ -123,9 +124,7 @@ void BM_grouped_gemm_cuda(benchmark::State& state) {
     state.SkipWithError("cudaMalloc failed");
     return;
   }
-  std::vector<i64> h_off{0};
-  for (i64 e = 0; e < E; ++e)
-    h_off.push_back(h_off.back() + (!skewed ? M / E : e + 1 < E ? M >> (e + 1) : M - h_off.back()));
+  std::vector<i64> const h_off = moe_bench::expert_row_offsets(state.range(3), skewed, E);
   cudaMemcpy(off.p, h_off.data(), h_off.size() * sizeof(i64), cudaMemcpyHostToDevice);
   if (!fill(x.p, M * H, 1, scratch.p, i64{1} << 24) || !fill(w.p, E * F * H, 2, scratch.p, i64{1} << 24) ||
       !fill(dy.p, M * F, 3, scratch.p, i64{1} << 24)) {

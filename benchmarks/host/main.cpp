@@ -371,6 +371,7 @@ BENCHMARK(BM_plan_permute_dispatch)->Arg(256)->Arg(1024)->Arg(4096)->Unit(benchm
 
 #include "moe/configs.hpp"       // moe::configs::top2_fp32, top2_bf16 (E = 8)
 #include "moe/grouped_gemm.hpp"  // moe::grouped_gemm, grouped_gemm_args
+#include "../expert_rows.hpp"     // moe_bench::expert_row_offsets
 #if defined(MOE_HAVE_CBLAS)
 #include <cblas.h>  // cblas_sgemm
 #endif
@@ -380,13 +381,7 @@ namespace {
 constexpr std::int64_t gg_experts = 8, gg_ffn = 2816;
 
 std::vector<std::int64_t> gg_offsets(std::int64_t per_expert, bool skewed, std::int64_t experts) {
-  std::vector<std::int64_t> off{0};
-  std::int64_t const total = per_expert * experts;
-  for (std::int64_t e = 0; e < experts; ++e) {
-    std::int64_t const skew = e + 1 < experts ? total >> (e + 1) : total - off.back();
-    off.push_back(off.back() + (skewed ? skew : per_expert));
-  }
-  return off;
+  return moe_bench::expert_row_offsets(per_expert, skewed, experts);
 }
 
 /// Inputs and outputs of one grouped GEMM of config C: x [M, H], w [E, F, H], y [M, F].
