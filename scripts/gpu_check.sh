@@ -13,7 +13,8 @@
 # Device time is scarce, so every step after the build has a wall-clock cap (seconds, from the
 # environment): MOE_CHECK_CTEST_S (180), MOE_CHECK_SANITIZER_S (100 per tool),
 # MOE_CHECK_RACECHECK_S (300), MOE_CHECK_SANITIZER_NCCL_S (60), MOE_CHECK_BENCH_S (150); a
-# step that hits its cap is reported as such. On an H200 (2026-11-26) the build took 100 s on
+# step that hits its cap is reported as such. MOE_CHECK_BENCH_FILTER (a Google Benchmark
+# regex, default all) narrows the benchmarks to those a run needs. On an H200 (2026-11-26) the build took 100 s on
 # 16 cores, ctest 94 s, the benchmarks 30 s, memcheck 42 s, synccheck 32 s, the NCCL memcheck
 # 22 s, racecheck about 4 minutes: `all` fits 10 minutes with MOE_CHECK_RACECHECK_S=200 or
 # less; `tests` and `extra` each fit on their own.
@@ -24,15 +25,17 @@
 # PHASE splits the check over two calls of at most 10 minutes on one warm machine (the build
 # directory stays there between calls): `tests` builds and runs ctest and memcheck (the gpu
 # tests, the NCCL layer); `extra` runs racecheck, synccheck and the benchmarks on that build;
-# `all` (the default) does both in one call. Caps' defaults per phase are in the script.
+# `all` (the default) does both in one call; `bench` builds and runs only the benchmarks
+# (with MOE_CHECK_BENCH_FILTER, a short call for figures). Caps' defaults per phase are in the script.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu-report}}"
 phase="${2:-all}"
-case "$phase" in all|tests|extra) ;; *) echo "gpu_check: PHASE is all, tests or extra" >&2; exit 2;; esac
+case "$phase" in all|tests|extra|bench) ;; *) echo "gpu_check: PHASE is all, tests, extra or bench" >&2; exit 2;; esac
 mkdir -p "$out"
 report="$out/gpu-report.md"
 want() { [[ "$phase" == all || "$phase" == "$1" ]]; }
+bench_only() { [[ "$phase" == bench ]]; }
 build=build/gpu
 jobs="$(nproc)"
 export PATH="/usr/local/cuda/bin:$PATH"
@@ -57,6 +60,7 @@ cfg=(-S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOE_ENABLE_CU
      -DCMAKE_CUDA_COMPILER="$(command -v nvcc)" -DCMAKE_CUDA_ARCHITECTURES="${arch}-real")
 [[ -f .deps/doctest/doctest/doctest.h ]] && cfg+=(-DMOE_DOCTEST_DIR="$PWD/.deps/doctest")
 [[ -d .deps/benchmark ]] && cfg+=(-DMOE_BENCHMARK_DIR="$PWD/.deps/benchmark")
+cfg+=(-DMOE_BENCH_GEMM_TILES=ON)  # the tile-shape sweep (benchmarks/cuda/gemm_tiles.cu)
 if command -v ccache >/dev/null; then
   cfg+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
 fi
@@ -82,25 +86,29 @@ start=$SECONDS
 # where their libraries were found); -k 0 builds what it can, and only the gpu test binary and
 # the example are required to go on.
 targets=(moe_cuda_tests moe_cuda_nodevice_tests moe_cuda_layer_example)
+required=(tests/moe_cuda_tests examples/moe_cuda_layer_example)
+if bench_only; then targets=(); required=(benchmarks/moe_bench_cuda); fi
 if ! cmake "${cfg[@]}" > "$out/build.log" 2>&1; then
   tail -n 60 "$out/build.log" >> "$report"; end_section
   echo "BUILD FAILED (configure)" >> "$report"; cat "$report"; exit 1
 fi
 available="$(cmake --build "$build" --target help 2>/dev/null)"
 for t in moe_nccl_tests moe_nccl_mpi_tests moe_layer_ep_nccl_tests moe_bench_cuda; do
+  bench_only && [[ $t != moe_bench_cuda ]] && continue
   grep -q "^$t:" <<< "$available" && targets+=("$t")
 done
 if ! cmake --build "$build" -j "$jobs" --target "${targets[@]}" -- -k 0 >> "$out/build.log" 2>&1; then
   grep -E "error|Error" "$out/build.log" | head -n 40 >> "$report"
   echo "some targets failed to build (build.log)" >> "$report"
 fi
-for t in tests/moe_cuda_tests examples/moe_cuda_layer_example; do
+for t in "${required[@]}"; do
   if [[ ! -x "$build/$t" ]]; then
     end_section; echo "BUILD FAILED: $t" >> "$report"; cat "$report"; exit 1
   fi
 done
 echo "built in $((SECONDS - start)) s: ${targets[*]}" >> "$report"
 for t in tests/moe_nccl_tests benchmarks/moe_bench_cuda; do
+  bench_only && [[ $t != benchmarks/moe_bench_cuda ]] && continue
   [[ -x "$build/$t" ]] || echo "not built: $t (NCCL or Google Benchmark missing; see build.log)" >> "$report"
 done
 end_section
@@ -115,11 +123,12 @@ echo "ctest took $((SECONDS - start)) s" >> "$report"; end_section
 
 fi
 
-if want extra; then
+if want extra || bench_only; then
 section "CUDA benchmarks"
 if [[ -x "$build/benchmarks/moe_bench_cuda" ]]; then
   timeout "${MOE_CHECK_BENCH_S:-150}" "$build/benchmarks/moe_bench_cuda" \
-    --benchmark_min_time=0.05 --benchmark_out="$out/bench-cuda.json" \
+    --benchmark_min_time=0.05 --benchmark_filter="${MOE_CHECK_BENCH_FILTER:-.}" \
+    --benchmark_out="$out/bench-cuda.json" \
     --benchmark_out_format=json > "$out/bench-cuda.txt" 2>&1
   rc=$?
   [[ $rc == 124 ]] && echo "stopped at the ${MOE_CHECK_BENCH_S:-150} s cap" >> "$out/bench-cuda.txt"

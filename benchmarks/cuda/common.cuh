@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
-// What every CUDA benchmark file shares: the device check, event timing (manual time), and the
-// copy-bandwidth roofline of memory-bound kernels. Each benchmark .cu file of moe_bench_cuda
+// What every CUDA benchmark file shares: the device check, event timing (manual time), the
+// copy-bandwidth roofline of memory-bound kernels, device buffers, random fills and the peak. Each benchmark .cu file of moe_bench_cuda
 // includes it; main.cu holds BENCHMARK_MAIN.
 #pragma once
 
 #include <benchmark/benchmark.h>
 
 #include <cstddef>  // std::size_t
-#include <cstdint>  // std::int64_t
+#include <cstdint>  // std::int64_t, std::uint64_t
 
 #include "moe/cuda.cuh"
 
@@ -90,6 +90,23 @@ struct device_buffer {
   device_buffer& operator=(device_buffer const&) = delete;
   ~device_buffer() { cudaFree(p); }
 };
+
+/// Fills out[0, n) with uniform [-1, 1) values of type T, drawn as floats by moe::fill_random
+/// (Philox, seed + the chunk's start) in chunks of `chunk` through `scratch` and converted.
+template <class T>
+bool fill_uniform(T* out, std::int64_t n, std::uint64_t seed, float* scratch, std::int64_t chunk) {
+  for (std::int64_t i = 0; i < n; i += chunk) {
+    std::int64_t const len = n - i < chunk ? n - i : chunk;
+    if (!moe::fill_random(moe::cuda_on(nullptr), {.dist = moe::distribution::uniform,
+                                                  .seed = seed + static_cast<std::uint64_t>(i),
+                                                  .out = scratch, .n = len})
+             .ok() ||
+        !moe::convert(moe::cuda_on(nullptr), moe::convert_args<float, T>{scratch, out + i, len})
+             .ok())
+      return false;
+  }
+  return true;
+}
 
 /// Dense peak FLOP/s of the current device: SMs × clock (cudaDevAttrClockRate, the boost
 /// clock) × FLOP/clk/SM — of the bf16 tensor cores (4096 on sm_90, 2048 on sm_80, 1024 on

@@ -38,27 +38,14 @@ namespace {
 
 using namespace moe_bench;
 using i64 = std::int64_t;
-constexpr moe::config bf16_cfg{.experts = 64, .top_k = 8, .capacity_factor = {0, 1},
+// experts: the largest E of the shapes below (the ops take E_l <= C.experts).
+constexpr moe::config bf16_cfg{.experts = 256, .top_k = 8, .capacity_factor = {0, 1},
                                .eval_capacity_factor = {0, 1}};
 using X = moe::bf16;
 
 template <class T>
 using buffer = device_buffer<T>;
 
-/// Uniform [-1, 1) bf16 values, drawn as floats in chunks through `scratch`.
-bool fill(X* out, i64 n, std::uint64_t seed, float* scratch, i64 chunk) {
-  for (i64 i = 0; i < n; i += chunk) {
-    i64 const len = n - i < chunk ? n - i : chunk;
-    if (!moe::fill_random(moe::cuda_on(nullptr), {.dist = moe::distribution::uniform,
-                                                  .seed = seed + static_cast<std::uint64_t>(i),
-                                                  .out = scratch, .n = len})
-             .ok() ||
-        !moe::convert(moe::cuda_on(nullptr), moe::convert_args<float, X>{scratch, out + i, len})
-             .ok())
-      return false;
-  }
-  return true;
-}
 
 /// Best-of-10 FLOP/s of one dense cuBLAS GEMM C[M, N] = A[M, K]·B[N, K]ᵀ (bf16, fp32 compute).
 double dense_rate(i64 m, i64 n, i64 k, float* scratch, i64 chunk) {
@@ -79,7 +66,7 @@ double dense_rate(i64 m, i64 n, i64 k, float* scratch, i64 chunk) {
   };
   // Random operands: constant ones would flatter the yardstick (METHOD: zeros ran a bf16 GEMM
   // 13 % faster on an H200).
-  if (!fill(a.p, m * k, 7, scratch, chunk) || !fill(b.p, n * k, 8, scratch, chunk)) {
+  if (!fill_uniform(a.p, m * k, 7, scratch, chunk) || !fill_uniform(b.p, n * k, 8, scratch, chunk)) {
     cublasDestroy(h);
     return 0;
   }
@@ -126,8 +113,8 @@ void BM_grouped_gemm_cuda(benchmark::State& state) {
   }
   std::vector<i64> const h_off = moe_bench::expert_row_offsets(state.range(3), skewed, E);
   cudaMemcpy(off.p, h_off.data(), h_off.size() * sizeof(i64), cudaMemcpyHostToDevice);
-  if (!fill(x.p, M * H, 1, scratch.p, i64{1} << 24) || !fill(w.p, E * F * H, 2, scratch.p, i64{1} << 24) ||
-      !fill(dy.p, M * F, 3, scratch.p, i64{1} << 24)) {
+  if (!fill_uniform(x.p, M * H, 1, scratch.p, i64{1} << 24) || !fill_uniform(w.p, E * F * H, 2, scratch.p, i64{1} << 24) ||
+      !fill_uniform(dy.p, M * F, 3, scratch.p, i64{1} << 24)) {
     state.SkipWithError("fill failed");
     return;
   }

@@ -88,7 +88,9 @@ status launch_grouped_gemm(cuda_policy policy, P const& p, std::int64_t bound,
   auto const kernel = backend::cuda::grouped_gemm_kernel<P>;
   constexpr int threads = P::mainloop::threads;
   constexpr std::size_t smem = P::mainloop::smem_bytes;
-  if constexpr (smem > 48 * 1024)
+  // The opt-in above 48 KiB counts the kernel's static smem too (the scheduler's prefix,
+  // 4 KiB): a 48 KiB pipeline without it fails to launch (cudaErrorInvalidValue).
+  if constexpr (smem + backend::cuda::grouped_gemm_static_smem > 48 * 1024)
     MOE_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(smem)));
   int resident = 0;
@@ -155,8 +157,8 @@ status grouped_gemm(cuda_policy policy, grouped_gemm_args<C> const& a) noexcept 
   MOE_TRY(detail::grouped::check_cuda_operand<C>(who, "offsets", a.offsets));
   if (a.rows == 0) return {};
   using T = act_t<C>;
-  using mainloop = backend::cuda::gemm_mainloop_for<T, accum_t<C>>;
   return with_activation(a.act, [&]<activation Act>() -> status {
+    using mainloop = backend::cuda::gemm_mainloop_for<T, accum_t<C>, is_gated_v<Act>>;
     using P = backend::cuda::gemm_forward<Act, T, mainloop>;
     std::int64_t const bound =
         (detail::grouped::ceil_div(a.rows, P::shape.bm) + a.experts) *
@@ -186,8 +188,8 @@ status grouped_gemm_dgrad(cuda_policy policy, grouped_gemm_dgrad_args<C> const& 
   MOE_TRY(detail::grouped::check_cuda_operand<C>(who, "offsets", a.offsets));
   if (a.rows == 0) return {};
   using T = act_t<C>;
-  using mainloop = backend::cuda::gemm_mainloop_for<T, accum_t<C>>;
   return with_activation(a.act, [&]<activation Act>() -> status {
+    using mainloop = backend::cuda::gemm_mainloop_for<T, accum_t<C>>;
     using P = backend::cuda::gemm_dgrad<Act, T, mainloop>;
     std::int64_t const bound = (detail::grouped::ceil_div(a.rows, P::shape.bm) + a.experts) *
                                detail::grouped::ceil_div(a.k, P::shape.bn);

@@ -25,6 +25,7 @@
 // atomics, no split-K: a wgrad tile loops over all rows of its expert.
 #pragma once
 
+#include <cstddef>  // std::size_t
 #include <cstdint>  // std::int64_t, std::int32_t
 
 #include "moe/activation.hpp"                      // activation_forward, activation_backward
@@ -36,26 +37,31 @@
 
 namespace moe::backend::cuda {
 
-/// Tile shapes, a constexpr function of the activation precision and the architecture (sm =
-/// 10·major + minor). Not yet measured on a GPU: the values are the usual starting points.
-///   bf16/fp16: 128 × 128 × 32, 8 warps of 64 × 32, 4 stages (64 KiB of smem); register budget
-///              of one CTA an SM (min_blocks 1): at two (128 registers) the gated epilogues
-///              spilled 4 bytes on sm_90. The same on sm_90 until a wgmma main loop exists.
+/// Tile shapes, a constexpr function of the activation precision, the architecture (sm =
+/// 10·major + minor) and whether the kernel is a gated forward (swiglu, geglu: the epilogue
+/// with the most live registers).
+///   bf16/fp16: 128 × 128 × 32, 8 warps of 64 × 32, 4 stages (64 KiB of smem). Two CTAs an SM
+///              (__launch_bounds__ min_blocks 2: at most 128 registers), except the gated
+///              forwards, which spill at 128 registers (sm_80, sm_90, sm_90a) and keep one. On
+///              an H200 (2026-11-26, benchmarks/cuda/gemm_tiles.cu) the second CTA took the
+///              identity forward from 175 to 236 TFLOP/s and wgrad from 128 to 184 (E = 8,
+///              H = 4096, F = 14336, 1024 rows an expert), more than 128 × 256 tiles at one CTA
+///              or a 64-deep k step gained. The same on sm_90 until a wgmma main loop exists.
 ///   fp32/fp64: 64 × 64 × 16 SIMT, 256 threads of 4 × 4.
-constexpr gemm_tile_shape grouped_gemm_tuning(precision act, int sm) {
+constexpr gemm_tile_shape grouped_gemm_tuning(precision act, int sm, bool gated_forward) {
   (void)sm;
   if (act == precision::bf16 || act == precision::fp16)
     return {.bm = 128, .bn = 128, .bk = 32, .warps_m = 2, .warps_n = 4, .stages = 4,
-            .min_blocks = 1};
+            .min_blocks = gated_forward ? 1 : 2};
   return {.bm = 64, .bn = 64, .bk = 16, .warps_m = 4, .warps_n = 2, .stages = 1, .min_blocks = 2};
 }
 
-/// The main loop of storage type T: tensor cores for 16-bit types, SIMT otherwise.
-template <class T, class A>
-using gemm_mainloop_for =
-    std::conditional_t<sizeof(T) == 2,
-                       mma_mainloop<grouped_gemm_tuning(precision::bf16, 80), T>,
-                       simt_mainloop<grouped_gemm_tuning(precision::fp32, 80), T, A>>;
+/// The main loop of storage type T: tensor cores for 16-bit types, SIMT otherwise; GatedForward
+/// as in grouped_gemm_tuning.
+template <class T, class A, bool GatedForward = false>
+using gemm_mainloop_for = std::conditional_t<
+    sizeof(T) == 2, mma_mainloop<grouped_gemm_tuning(precision::bf16, 80, GatedForward), T>,
+    simt_mainloop<grouped_gemm_tuning(precision::fp32, 80, GatedForward), T, A>>;
 
 __device__ __forceinline__ std::int64_t gemm_ceil_div(std::int64_t a, std::int64_t b) {
   return (a + b - 1) / b;
@@ -310,6 +316,9 @@ __device__ __forceinline__ int expert_of(std::int32_t const* first, int experts,
   }
   return lo;
 }
+
+/// Static shared memory of grouped_gemm_kernel: the scheduler's tile prefix first[].
+inline constexpr std::size_t grouped_gemm_static_smem = sizeof(std::int32_t) * (max_experts + 1);
 
 /// The grouped GEMM: a persistent grid walks the tiles of all experts (see the file comment).
 template <class P>
