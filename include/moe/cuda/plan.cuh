@@ -14,7 +14,7 @@
 #include <thrust/iterator/transform_iterator.h>  // thrust::transform_iterator
 
 #include <cstddef>  // std::size_t
-#include <cstdint>  // std::int32_t, std::int64_t, std::uintptr_t
+#include <cstdint>  // std::int32_t, std::int64_t
 
 #include <cub/device/device_histogram.cuh>  // cub::DeviceHistogram
 #include <cub/device/device_scan.cuh>       // cub::DeviceScan
@@ -81,17 +81,9 @@ inline status plan(cuda_policy policy, plan_args const& a) noexcept {
   MOE_TRY(detail::check(a));
   std::size_t counts_bytes = 0, temp_bytes = 0;
   MOE_TRY(detail::plan_workspace_parts(a, counts_bytes, temp_bytes));
-  std::size_t const needed = counts_bytes + temp_bytes;
-  if (policy.workspace_bytes < needed || (needed > 0 && policy.workspace == nullptr))
-    return status::error(
-        errc::workspace_too_small,
-        "cuda_policy.workspace_bytes: plan needs %zu bytes (plan_workspace_bytes), "
-        "got %zu",
-        needed, policy.workspace_bytes);
-  if (reinterpret_cast<std::uintptr_t>(policy.workspace) % detail::plan_workspace_align != 0)
-    return status::error(errc::invalid_argument,
-                         "cuda_policy.workspace: expected %zu-byte alignment (cudaMalloc's)",
-                         detail::plan_workspace_align);
+  MOE_TRY(backend::cuda::check_workspace(policy, counts_bytes + temp_bytes,
+                                         detail::plan_workspace_align, "plan",
+                                         "plan_workspace_bytes"));
   cudaStream_t const stream = policy.stream;
   auto* const counts = static_cast<std::int32_t*>(policy.workspace);
   void* const temp = static_cast<char*>(policy.workspace) + counts_bytes;

@@ -27,7 +27,7 @@
 #pragma once
 
 #include <cstddef>  // std::size_t
-#include <cstdint>  // std::int32_t, std::int64_t, std::uint64_t, std::uintptr_t
+#include <cstdint>  // std::int32_t, std::int64_t, std::uint64_t
 
 #include <cub/device/device_radix_sort.cuh>  // cub::DeviceRadixSort
 
@@ -164,15 +164,8 @@ template <config C>
   MOE_TRY(detail::routing::cuda_route_can_implement<C>(p, opt));
   detail::routing::cuda_route_layout L;
   MOE_TRY(detail::routing::cuda_route_layout_of<C>(p.tokens, L));
-  if (policy.workspace_bytes < L.total || policy.workspace == nullptr)
-    return status::error(errc::workspace_too_small,
-                         "cuda_policy.workspace_bytes: route needs %zu bytes "
-                         "(route_workspace_bytes), got %zu",
-                         L.total, policy.workspace_bytes);
-  if (reinterpret_cast<std::uintptr_t>(policy.workspace) % detail::routing::cuda_ws_align != 0)
-    return status::error(errc::invalid_argument,
-                         "cuda_policy.workspace: expected %zu-byte alignment (cudaMalloc's)",
-                         detail::routing::cuda_ws_align);
+  MOE_TRY(backend::cuda::check_workspace(policy, L.total, detail::routing::cuda_ws_align, "route",
+                                         "route_workspace_bytes"));
   cudaStream_t const stream = policy.stream;
   char* const ws = static_cast<char*>(policy.workspace);
   auto* const gate = reinterpret_cast<float*>(ws + L.gate);
@@ -360,15 +353,8 @@ template <config C>
   if (T == 0) return {};
   detail::routing::cuda_route_backward_layout const L =
       detail::routing::cuda_route_backward_layout_of<C>(p, opt);
-  if (policy.workspace_bytes < L.total || policy.workspace == nullptr)
-    return status::error(errc::workspace_too_small,
-                         "cuda_policy.workspace_bytes: route_backward needs %zu bytes "
-                         "(route_backward_workspace_bytes), got %zu",
-                         L.total, policy.workspace_bytes);
-  if (reinterpret_cast<std::uintptr_t>(policy.workspace) % detail::routing::cuda_ws_align != 0)
-    return status::error(errc::invalid_argument,
-                         "cuda_policy.workspace: expected %zu-byte alignment (cudaMalloc's)",
-                         detail::routing::cuda_ws_align);
+  MOE_TRY(backend::cuda::check_workspace(policy, L.total, detail::routing::cuda_ws_align,
+                                         "route_backward", "route_backward_workspace_bytes"));
   cudaStream_t const stream = policy.stream;
   char* const ws = static_cast<char*>(policy.workspace);
   auto* const counts = reinterpret_cast<std::int32_t*>(ws + L.counts);

@@ -20,7 +20,7 @@
 #pragma once
 
 #include <cstddef>  // std::size_t
-#include <cstdint>  // std::int64_t, std::uintptr_t
+#include <cstdint>  // std::int64_t
 
 #include "moe/cuda/kernels/router_gemm.cuh"  // the kernels
 #include "moe/cuda/runtime.cuh"              // check_launch, grid_for, MOE_CUDA_TRY
@@ -89,20 +89,6 @@ cuda_router_split cuda_router_forward_split_of(std::int64_t T, std::int64_t H) n
   return cuda_router_split_of<C>(T, H, 128, backend::cuda::router_gemm_tile_for<C.experts>::bk);
 }
 
-/// A caller's workspace for `bytes` of partial sums: big enough and 256-byte aligned.
-inline status cuda_router_workspace_ok(cuda_policy const& policy, std::size_t bytes,
-                                       char const* what, char const* sizer) noexcept {
-  if (bytes == 0) return {};
-  if (policy.workspace == nullptr || policy.workspace_bytes < bytes)
-    return status::error(errc::workspace_too_small,
-                         "cuda_policy.workspace_bytes: %s needs %zu bytes (%s), got %zu", what,
-                         bytes, sizer, policy.workspace_bytes);
-  if (reinterpret_cast<std::uintptr_t>(policy.workspace) % 256 != 0)
-    return status::error(errc::invalid_argument,
-                         "cuda_policy.workspace: expected 256-byte alignment (cudaMalloc's)");
-  return {};
-}
-
 /// Grid limits of the tile kernel: M tiles in grid.x (< 2^31), N tiles in grid.y (<= 65535).
 inline status cuda_router_gemm_grid_ok(std::int64_t m_tiles, std::int64_t n_tiles,
                                        char const* what) noexcept {
@@ -152,8 +138,8 @@ template <config C>
   std::int64_t const n_tiles = (E + tile::bn - 1) / tile::bn;
   MOE_TRY(detail::cuda_router_gemm_grid_ok(m_tiles, n_tiles, "router_gemm"));
   detail::cuda_router_split const split = detail::cuda_router_forward_split_of<C>(T, H);
-  MOE_TRY(detail::cuda_router_workspace_ok(policy, split.workspace_bytes, "router_gemm",
-                                           "router_gemm_workspace_bytes"));
+  MOE_TRY(backend::cuda::check_workspace(policy, split.workspace_bytes, 256, "router_gemm",
+                                         "router_gemm_workspace_bytes"));
   router_jitter_dev const jit = detail::cuda_jitter(p, a.jitter);
   dim3 const grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(n_tiles),
                   static_cast<unsigned>(split.chunks));
@@ -200,8 +186,9 @@ template <config C>
   MOE_TRY(detail::cuda_router_gemm_grid_ok(dm, dn, "router_gemm_backward"));
   MOE_TRY(detail::cuda_router_gemm_grid_ok(wm, wn, "router_gemm_backward"));
   detail::cuda_router_split const split = detail::cuda_router_wgrad_split_of<C>(T, H);
-  MOE_TRY(detail::cuda_router_workspace_ok(policy, split.workspace_bytes, "router_gemm_backward",
-                                           "router_gemm_backward_workspace_bytes"));
+  MOE_TRY(backend::cuda::check_workspace(policy, split.workspace_bytes, 256,
+                                         "router_gemm_backward",
+                                         "router_gemm_backward_workspace_bytes"));
   cudaStream_t const stream = policy.stream;
   router_jitter_dev const jit = detail::cuda_jitter(p, a.jitter);
 

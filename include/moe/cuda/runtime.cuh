@@ -3,10 +3,14 @@
 // checking launches (and, with MOE_DEBUG_SYNC defined, synchronising after each one so that an
 // asynchronous fault is reported by the launch that caused it), and asking whether a usable GPU
 // exists at all — on a machine without a driver cudaGetDeviceCount fails with
-// cudaErrorInsufficientDriver rather than reporting zero devices, so any error means "none".
+// cudaErrorInsufficientDriver rather than reporting zero devices, so any error means "none";
+// and the one check of a caller's workspace that every op with scratch makes.
 #pragma once
 
 #include <cuda_runtime.h>  // cudaError_t, cudaGetLastError, cudaStreamSynchronize
+
+#include <cstddef>  // std::size_t
+#include <cstdint>  // std::uintptr_t
 
 #include "moe/policy.hpp"  // moe::cuda_policy
 #include "moe/status.hpp"  // moe::status
@@ -39,6 +43,24 @@ inline int device_count() noexcept {
     return 0;
   }
   return n;
+}
+
+/// The caller's workspace (policy.workspace, policy.workspace_bytes) for op `op`, which needs
+/// `bytes` (0: none, nothing checked) aligned to `align` bytes; `sizer` names the function that
+/// returns the size. workspace_too_small when it is null or short, invalid_argument when it
+/// is misaligned.
+inline status check_workspace(cuda_policy const& policy, std::size_t bytes, std::size_t align,
+                              char const* op, char const* sizer) noexcept {
+  if (bytes == 0) return {};
+  if (policy.workspace == nullptr || policy.workspace_bytes < bytes)
+    return status::error(errc::workspace_too_small,
+                         "cuda_policy.workspace_bytes: %s needs %zu bytes (%s), got %zu", op,
+                         bytes, sizer, policy.workspace_bytes);
+  if (reinterpret_cast<std::uintptr_t>(policy.workspace) % align != 0)
+    return status::error(errc::invalid_argument,
+                         "cuda_policy.workspace: expected %zu-byte alignment (cudaMalloc's)",
+                         align);
+  return {};
 }
 
 /// Blocks for a 1-D grid-stride launch: enough to fill the GPU, never more than the work needs.
