@@ -49,6 +49,13 @@ constexpr shape_t candidates[] = {
     {128, 256, 32, 2, 4, 4, 1},  // 6: warp tiles of 64 × 64, 96 KiB
     {128, 128, 32, 4, 2, 4, 2},  // 7: warp tiles of 32 × 64, two CTAs
 };
+constexpr bool same_shape(shape_t a, shape_t b) {
+  return a.bm == b.bm && a.bn == b.bn && a.bk == b.bk && a.warps_m == b.warps_m &&
+         a.warps_n == b.warps_n && a.stages == b.stages && a.min_blocks == b.min_blocks;
+}
+static_assert(same_shape(candidates[0],
+                         moe::backend::cuda::grouped_gemm_tuning(moe::precision::bf16, 90, false)),
+              "candidate 0 is the library's tile: keep it in step with grouped_gemm_tuning");
 constexpr int index = MOE_GEMM_TILE;
 static_assert(index >= 0 && index < static_cast<int>(sizeof(candidates) / sizeof(candidates[0])),
               "MOE_GEMM_TILE: an index into candidates");
