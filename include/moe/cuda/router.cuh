@@ -240,7 +240,13 @@ template <config C>
   if (C.drop == drop_policy::probability) prio = route_prio::gate;
   if (rts) prio = route_prio::rts;
   if (ds && K != 2 && C.drop == drop_policy::position) prio = route_prio::t;
-  bool const rank_slots = ds && K == 2;
+  // Slots are ranks in the first sort's order for DeepSpeed top-2 ((k, t) order, its rule), and
+  // wherever that order is token order inside each expert (priority t; or dropless, where the
+  // priority decides nothing and t is chosen): survivors are then a prefix of their expert's
+  // routes in token order, so the second sort, by (expert, dropped), would give the same order.
+  bool rank_slots = ds && K == 2;
+  if (!rank_slots && dropless) prio = route_prio::t;
+  if (prio == route_prio::t) rank_slots = true;
   constexpr unsigned block = 256;
   unsigned const rgrid = grid_for(R, block);
   std::uint64_t const rts_offset =
