@@ -122,7 +122,6 @@ void BM_gemm_tile_cuda(benchmark::State& state) {
   auto const policy = moe::cuda_on(nullptr);
   moe::status s;
   problem p{};
-  i64 bound = 0;
   if constexpr (fwd) {
     s = moe::grouped_gemm(policy, moe::grouped_gemm_args<cfg>{.experts = E,
                                                               .rows = M,
@@ -133,8 +132,6 @@ void BM_gemm_tile_cuda(benchmark::State& state) {
                                                               .w = w.p,
                                                               .y = y_ref.p});
     p = problem{static_cast<int>(E), M, F, H, off.p, x.p, w.p, nullptr, y.p, nullptr};
-    bound = (moe::detail::grouped::ceil_div(M, shape.bm) + E) *
-            moe::detail::grouped::ceil_div(F, problem::outputs);
   } else {
     s = moe::grouped_gemm_wgrad(policy, moe::grouped_gemm_wgrad_args<cfg>{.experts = E,
                                                                           .rows = M,
@@ -145,11 +142,10 @@ void BM_gemm_tile_cuda(benchmark::State& state) {
                                                                           .dy = w.p,
                                                                           .dw = y_ref.p});
     p = problem{static_cast<int>(E), M, F, H, off.p, x.p, w.p, y.p, false};
-    bound = E * moe::detail::grouped::ceil_div(F, shape.bm) *
-            moe::detail::grouped::ceil_div(H, shape.bn);
   }
   auto run = [&] {
-    if (s.ok()) s = moe::detail::grouped::launch_grouped_gemm(policy, p, bound, "gemm_tile");
+    if (s.ok())
+      s = moe::detail::grouped::launch_grouped_gemm(policy, p, "gemm_tile", "gemm_tile");
   };
   run();
   if (s.ok() && cudaDeviceSynchronize() != cudaSuccess)

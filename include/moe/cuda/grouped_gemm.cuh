@@ -73,10 +73,13 @@ inline status check_tile_count(char const* who, std::int64_t tiles) noexcept {
 }
 
 /// Launches the persistent grouped-GEMM kernel of problem P: min(SMs × resident CTAs, bound)
-/// CTAs, `bound` an upper bound of the tiles known without reading the offsets.
+/// CTAs, bound = p.tile_bound(), the tiles' upper bound known without reading the offsets.
+/// `who` names the op's arguments in the status when the bound is too large.
 template <class P>
-status launch_grouped_gemm(cuda_policy policy, P const& p, std::int64_t bound,
+status launch_grouped_gemm(cuda_policy policy, P const& p, char const* who,
                            char const* name) noexcept {
+  std::int64_t const bound = p.tile_bound();
+  MOE_TRY(check_tile_count(who, bound));
   if (bound <= 0) return {};
   cuda_device_info dev;
   MOE_TRY(query_device(dev));
@@ -99,10 +102,6 @@ status launch_grouped_gemm(cuda_policy policy, P const& p, std::int64_t bound,
   if (grid > bound) grid = bound;
   kernel<<<static_cast<unsigned>(grid), threads, smem, policy.stream>>>(p);
   return backend::cuda::check_launch(policy.stream, name);
-}
-
-inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) noexcept {
-  return (a + b - 1) / b;
 }
 
 }  // namespace detail::grouped
@@ -160,13 +159,9 @@ status grouped_gemm(cuda_policy policy, grouped_gemm_args<C> const& a) noexcept 
   return with_activation(a.act, [&]<activation Act>() -> status {
     using mainloop = backend::cuda::gemm_mainloop_for<T, accum_t<C>, is_gated_v<Act>>;
     using P = backend::cuda::gemm_forward<Act, T, mainloop>;
-    std::int64_t const bound =
-        (detail::grouped::ceil_div(a.rows, P::shape.bm) + a.experts) *
-        detail::grouped::ceil_div(a.n, P::outputs);
-    MOE_TRY(detail::grouped::check_tile_count(who, bound));
     P const p{static_cast<int>(a.experts), a.rows, a.n, a.k, a.offsets, a.x, a.w, a.bias, a.y,
               a.pre};
-    return detail::grouped::launch_grouped_gemm(policy, p, bound, "grouped_gemm_kernel<forward>");
+    return detail::grouped::launch_grouped_gemm(policy, p, who, "grouped_gemm_kernel<forward>");
   });
 }
 
@@ -191,11 +186,8 @@ status grouped_gemm_dgrad(cuda_policy policy, grouped_gemm_dgrad_args<C> const& 
   return with_activation(a.act, [&]<activation Act>() -> status {
     using mainloop = backend::cuda::gemm_mainloop_for<T, accum_t<C>>;
     using P = backend::cuda::gemm_dgrad<Act, T, mainloop>;
-    std::int64_t const bound = (detail::grouped::ceil_div(a.rows, P::shape.bm) + a.experts) *
-                               detail::grouped::ceil_div(a.k, P::shape.bn);
-    MOE_TRY(detail::grouped::check_tile_count(who, bound));
     P const p{static_cast<int>(a.experts), a.rows, a.n, a.k, a.offsets, a.dy, a.w, a.pre, a.dx};
-    return detail::grouped::launch_grouped_gemm(policy, p, bound, "grouped_gemm_kernel<dgrad>");
+    return detail::grouped::launch_grouped_gemm(policy, p, who, "grouped_gemm_kernel<dgrad>");
   });
 }
 
@@ -219,12 +211,9 @@ status grouped_gemm_wgrad(cuda_policy policy, grouped_gemm_wgrad_args<C> const& 
   using T = act_t<C>;
   using A = accum_t<C>;
   using P = backend::cuda::gemm_wgrad<T, backend::cuda::gemm_mainloop_for<T, A>>;
-  std::int64_t const bound = a.experts * detail::grouped::ceil_div(a.n, P::shape.bm) *
-                             detail::grouped::ceil_div(a.k, P::shape.bn);
-  MOE_TRY(detail::grouped::check_tile_count(who, bound));
   P const p{static_cast<int>(a.experts), a.rows, a.n, a.k, a.offsets, a.x, a.dy, a.dw,
             a.accumulate};
-  MOE_TRY(detail::grouped::launch_grouped_gemm(policy, p, bound, "grouped_gemm_kernel<wgrad>"));
+  MOE_TRY(detail::grouped::launch_grouped_gemm(policy, p, who, "grouped_gemm_kernel<wgrad>"));
   if (a.d_bias == nullptr) return {};
   dim3 const grid(backend::cuda::column_sum_blocks(a.n), static_cast<unsigned>(a.experts));
   dim3 const block(backend::cuda::column_sum_cols, backend::cuda::column_sum_groups);

@@ -63,7 +63,7 @@ using gemm_mainloop_for = std::conditional_t<
     sizeof(T) == 2, mma_mainloop<grouped_gemm_tuning(precision::bf16, 80, GatedForward), T>,
     simt_mainloop<grouped_gemm_tuning(precision::fp32, 80, GatedForward), T, A>>;
 
-__device__ __forceinline__ std::int64_t gemm_ceil_div(std::int64_t a, std::int64_t b) {
+__host__ __device__ constexpr std::int64_t gemm_ceil_div(std::int64_t a, std::int64_t b) {
   return (a + b - 1) / b;
 }
 
@@ -109,6 +109,11 @@ struct gemm_forward {
   __device__ std::int64_t tiles_of(int e) const {
     expert_rows const r = rows_of(offsets, rows, e);
     return gemm_ceil_div(r.end - r.begin, shape.bm) * gemm_ceil_div(n, outputs);
+  }
+  /// An upper bound of all experts' tiles from `rows` alone (the host does not read offsets):
+  /// each expert may end in a partial row tile.
+  __host__ __device__ std::int64_t tile_bound() const {
+    return (gemm_ceil_div(rows, shape.bm) + experts) * gemm_ceil_div(n, outputs);
   }
   __device__ tile_t tile(int e, std::int64_t local) const {
     expert_rows const r = rows_of(offsets, rows, e);
@@ -184,6 +189,10 @@ struct gemm_dgrad {
     expert_rows const r = rows_of(offsets, rows, e);
     return gemm_ceil_div(r.end - r.begin, shape.bm) * gemm_ceil_div(k, shape.bn);
   }
+  /// An upper bound of all experts' tiles from `rows` alone (as gemm_forward's).
+  __host__ __device__ std::int64_t tile_bound() const {
+    return (gemm_ceil_div(rows, shape.bm) + experts) * gemm_ceil_div(k, shape.bn);
+  }
   __device__ tile_t tile(int e, std::int64_t local) const {
     expert_rows const r = rows_of(offsets, rows, e);
     std::int64_t const row_tiles = gemm_ceil_div(r.end - r.begin, shape.bm);
@@ -246,6 +255,10 @@ struct gemm_wgrad {
   };
   __device__ std::int64_t tiles_of(int) const {
     return gemm_ceil_div(n, shape.bm) * gemm_ceil_div(k, shape.bn);
+  }
+  /// All experts' tiles (every dW_e is written, also without rows).
+  __host__ __device__ std::int64_t tile_bound() const {
+    return experts * gemm_ceil_div(n, shape.bm) * gemm_ceil_div(k, shape.bn);
   }
   __device__ tile_t tile(int e, std::int64_t local) const {
     expert_rows const r = rows_of(offsets, rows, e);
